@@ -108,21 +108,22 @@ def _perplexity(counts: Tensor) -> float:
 
 def frechet_distance(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
     """Frechet distance between Gaussians fitted to feature sets a (N, F) and b (M, F):
-    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), the matrix root via scipy.linalg.sqrtm (real part)."""
-    from scipy import linalg
+    |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)).
 
+    The trace of the matrix root is computed as sum_i sqrt(lambda_i) over the eigenvalues of the symmetric PSD matrix
+    S_a^(1/2) S_b S_a^(1/2) (same spectrum as S_a S_b), which avoids the complex round-off of a general sqrtm.
+    """
     a = np.asarray(a.detach().cpu() if isinstance(a, Tensor) else a, dtype=np.float64)
     b = np.asarray(b.detach().cpu() if isinstance(b, Tensor) else b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"need two feature sets (N, F) with N >= 2 and equal F, got {a.shape} and {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
-    if not np.isfinite(covmean).all():  # singular product: regularise as pytorch-fid does
-        off = np.eye(s_a.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((s_a + off) @ (s_b + off))
-    covmean = np.real(covmean)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2.0 * np.trace(covmean))
+    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    lam = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    tr_covmean = float(np.sqrt(np.clip(lam, 0.0, None)).sum())
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2.0 * tr_covmean)
 
 
 # -- Frechet feature network ----------------------------------------------------------------------------------------
