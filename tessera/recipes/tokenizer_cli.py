@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--data", default="embedded", help="embedded (default), skimage, sprites, or folder:PATH")
     e.add_argument("--num", type=int, default=512, help="validation items (default 512)")
     e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--frechet", default="auto", help="auto, none, inception, or a feature network (tessera:<name>)")
+    e.add_argument("--frechet", default="auto", help="auto, none, inception, or a feature network (e.g. tessera-resnet-s)")
     e.add_argument("--grid", default=None, help="write a reconstruction grid PNG here")
     e.add_argument("--json", default=None, help="write the metrics as JSON here")
     e.set_defaults(handler=_eval)

@@ -57,7 +57,7 @@ class LossConfig:
 
     reconstruction: Literal["mse", "l1"] = "mse"
     perceptual_weight: float = 0.0  # 0 disables the perceptual term
-    perceptual_network: str = "tessera:resnet-tiny"  # see tessera.tokenizer.perceptual.load_feature_network
+    perceptual_network: str = "tessera-resnet-s"  # see tessera.tokenizer.perceptual.load_feature_network
     adversarial_weight: float = 0.0  # 0 disables the discriminator (taming: 0.8; paper Table 9)
     disc_start: int = 0  # optimiser step at which the adversarial terms switch on
     adaptive_weight: bool = True  # taming's gradient-norm balancing of the generator's adversarial term

@@ -157,7 +157,7 @@ def resolve_fid_network(preference: str = "auto") -> tuple[nn.Module | None, str
 
     Args:
         preference: "auto" (Inception if its weights are cached, else the default Tessera feature network, else
-            none), "inception", "none", or a feature-network spec for `tessera.tokenizer.perceptual.load_feature_network`.
+            none), "inception", "none", or a feature-network name for `tessera.tokenizer.perceptual.load_feature_network`.
 
     Returns:
         (network or None, key): key is "rfid" for Inception, "fd_<network name>" otherwise ("" when none).
@@ -174,12 +174,12 @@ def resolve_fid_network(preference: str = "auto") -> tuple[nn.Module | None, str
                     "r-FID needs torchvision and Inception-v3 weights in the local torch hub cache "
                     f"({Path(torch.hub.get_dir()) / 'checkpoints' / _InceptionPool._FILE}); Tessera never downloads them"
                 ) from None
-        preference = os.environ.get("TESSERA_FD_NETWORK", "tessera:resnet-tiny")
+        preference = os.environ.get("TESSERA_FD_NETWORK", "tessera-resnet-s")
         try:
             from tessera.tokenizer.perceptual import load_feature_network
 
             net = load_feature_network(preference)
-        except (ImportError, RuntimeError, ValueError, FileNotFoundError):
+        except (ImportError, RuntimeError, ValueError, FileNotFoundError, TypeError):
             return None, ""
         return net, "fd_" + _key(str(getattr(net, "name", preference)))
     from tessera.tokenizer.perceptual import load_feature_network

@@ -6,8 +6,9 @@ A feature network is any frozen module with the `tessera.features.FeatureExtract
 (B, 3, H, W) in [0, 1] -> `forward_features(images)` list of maps [(B, C_i, H_i, W_i)] and `embed(images)` (B, D).
 `load_feature_network(spec)` resolves a name:
 
-    "tessera:<name>"  a network trained by Tessera (`tessera.features.load_extractor(name)`); results that use it are
-                      labelled with that name (e.g. "perceptual: tessera:resnet-tiny").
+    any other name    passed to `tessera.features.load_extractor`: a Tessera-trained network shipped with the package
+                      (default "tessera-resnet-s"), `timm:<model>`, `hf:<repo>`, or a folder; results that use it are
+                      labelled with that name (e.g. "perceptual: tessera-resnet-s").
     "vgg16"           torchvision's ImageNet VGG16, only if its weights are already in the local torch hub cache
                       (Tessera never downloads weights); a clear error otherwise.
     "random-conv"     an UNTRAINED random conv net (fixed seed). Only for tests and debug configs: every result
@@ -90,7 +91,7 @@ class _TorchvisionVGG16(_Frozen):
         if not hub.is_file():
             raise RuntimeError(
                 f"the 'vgg16' feature network needs torchvision's ImageNet weights at {hub}; Tessera never downloads "
-                "weights. Copy the file there, or use a Tessera-trained network (perceptual_network='tessera:<name>')"
+                "weights. Copy the file there, or use a Tessera-trained network (perceptual_network='tessera-resnet-s')"
             )
         vgg = torchvision.models.vgg16()
         vgg.load_state_dict(torch.load(hub, map_location="cpu", weights_only=True))
@@ -119,25 +120,25 @@ def load_feature_network(spec: str) -> nn.Module:
     """Resolve a feature-network name (see the module docstring) to a frozen module with a `name` attribute.
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name (from `tessera.features.load_extractor`).
         RuntimeError: the network exists but its weights or package are not available here.
     """
     if spec == "random-conv":
         return RandomConvFeatures()
     if spec == "vgg16":
         return _TorchvisionVGG16()
-    if spec.startswith("tessera:"):
-        name = spec.split(":", 1)[1]
-        try:
-            from tessera.features import load_extractor
-        except ImportError as exc:
-            raise RuntimeError(f"feature network {spec!r} needs tessera.features, which this install lacks") from exc
-        net = load_extractor(name)
-        net.name = spec
-        for p in net.parameters():
-            p.requires_grad_(False)
-        return net.eval()
-    raise ValueError(f"unknown feature network {spec!r}: use 'tessera:<name>', 'vgg16' or 'random-conv'")
+    try:
+        from tessera.features import load_extractor
+    except ImportError as exc:
+        raise RuntimeError(f"feature network {spec!r} needs tessera.features, which this install lacks") from exc
+    try:
+        net = load_extractor(spec)
+    except FileNotFoundError as exc:  # a registered network whose weights are not in this installation
+        raise RuntimeError(str(exc)) from exc
+    net.name = spec
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
 
 
 class PerceptualLoss(nn.Module):
