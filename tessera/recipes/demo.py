@@ -1,29 +1,31 @@
-"""`tessera demo`: straight-through vs rotation trick on real photographs, end to end on a laptop CPU.
+"""`tessera demo`: straight-through vs rotation trick on real photographs, end to end on a laptop CPU, with a report.
 
-Run:    tessera demo            (about 2-3 minutes on 2 CPU cores)
-        tessera demo --quick    (well under a minute)
-Expect: a table with validation MSE, codebook usage, perplexity, quantization error and seconds for each estimator.
+Run:    tessera demo            (about 8 minutes on 2 CPU cores, plus a one-time build of the embedded images)
+        tessera demo --quick    (about 2 minutes)
+Expect: the embedded image set is built if it is not in the cache yet; a 32px VQ-VAE tokenizer (the
+        `vqvae-f4-k512-32px` preset: 8x8 codes from 512) is trained twice through the tokenizer recipe, once with each
+        gradient estimator, from the same seed, data order and initial weights; a table of held-out MSE, codebook
+        usage, perplexity, quantization error and seconds is printed; and a self-contained HTML report
+        (reconstruction grids, codebook-usage histograms, training curves, the metrics table) is written to
+        runs/demo/report.html, whose path is printed last.
 
-The data are the RGB photographs that ship inside scikit-image (astronaut, cat, coffee, rocket, motorcycle, ...), cut
-into 32x32 patches; whole images are held out for validation, so validation patches come from pictures the model
-never saw. The model is a small convolutional autoencoder with a VQ bottleneck (8x8 grid of 16-d codes, 256 codes,
-EMA codebook as in the rotation-trick paper). Both runs share the seed, data order and initial weights; only the
-estimator differs.
+The report is a list of sections (`tessera.recipes.html_report`); each part of Tessera contributes one through
+`DEMO_SECTIONS` (name, function(report, context) -> None), so later parts (CAML, the multimodal LM) add theirs there.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from tessera.quantize import VectorQuantizer
-
-__all__ = ["register", "run_demo", "skimage_patches"]
+__all__ = ["register", "run_demo", "skimage_patches", "DemoResult", "DEMO_SECTIONS", "demo_data"]
 
 _TRAIN_IMAGES = ("astronaut", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 _VAL_IMAGES = ("chelsea", "stereo_motorcycle")
@@ -49,28 +51,6 @@ def skimage_patches(names: tuple[str, ...], n: int, size: int = 32, seed: int = 
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()  # (n, H, W, 3) -> (n, 3, H, W)
 
 
-class ConvVQAutoencoder(nn.Module):
-    """32x32x3 -> 8x8x16 codes -> 32x32x3, with residual-free conv stacks (small enough for a CPU demo)."""
-
-    def __init__(self, estimator: str, codebook_size: int = 256, code_dim: int = 16, width: int = 64) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, width, 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(width, width, 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(width, code_dim, 3, 1, 1),
-        )  # (B, 3, 32, 32) -> (B, code_dim, 8, 8)
-        self.vq = VectorQuantizer(code_dim, codebook_size, estimator=estimator)
-        self.decoder = nn.Sequential(
-            nn.Conv2d(code_dim, width, 3, 1, 1), nn.ReLU(),
-            nn.ConvTranspose2d(width, width, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(width, 3, 4, 2, 1),
-        )  # (B, code_dim, 8, 8) -> (B, 3, 32, 32)
-
-    def forward(self, x: torch.Tensor):
-        out = self.vq(self.encoder(x))
-        return self.decoder(out.quantized), out
-
-
 @dataclass
 class DemoResult:
     estimator: str
@@ -79,61 +59,192 @@ class DemoResult:
     perplexity: float
     quantization_error: float
     seconds: float
+    psnr: float = float("nan")
+    ssim: float = float("nan")
 
 
-def _train_one(estimator: str, train: torch.Tensor, val: torch.Tensor, steps: int, batch: int, seed: int) -> DemoResult:
-    from tqdm.auto import tqdm
+def demo_data(num_train: int, num_val: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """uint8 (N, 3, 32, 32) train and val images and a description; builds the embedded set if it is missing.
 
-    torch.manual_seed(seed)
-    model = ConvVQAutoencoder(estimator)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.99))
-    gen = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"{estimator:>8}", dynamic_ncols=True)
-    for _ in bar:
-        x = train[torch.randint(len(train), (batch,), generator=gen)]
-        recon, out = model(x)
-        loss = ((recon - x) ** 2).mean() + 0.25 * out.loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", usage=f"{out.metrics['usage'].item():.2f}", refresh=False)
-    seconds = time.perf_counter() - start
-    model.eval()
-    with torch.no_grad():
-        recon, out = model(val)
-        # usage over groups of 256 validation images, as the rotation-trick paper counts it
-        groups = [out.indices[i : i + 256] for i in range(0, len(val) - 255, 256)] or [out.indices]
-        usage = float(np.mean([torch.unique(g).numel() / model.vq.codebook_size for g in groups]))
-        return DemoResult(
-            estimator=estimator,
-            val_mse=float(((recon.clamp(0, 1) - val) ** 2).mean()),
-            usage=usage,
-            perplexity=float(out.metrics["perplexity"]),
-            quantization_error=float(out.metrics["quantization_error"]),
-            seconds=seconds,
+    Falls back to crops of scikit-image's photographs (and says so) when `tessera.data` is not installed or cannot
+    build its set on this machine.
+    """
+    from tessera.recipes.tokenizer_data import DataConfig, load_split
+
+    try:
+        import tessera.data  # noqa: F401
+
+        print("data: loading the embedded image set (built from the shipped photographs on first use; this can take a minute)")
+        cfg = DataConfig(source="embedded", num_train=num_train, num_val=num_val)
+        train, val = load_split(cfg, "train", 32), load_split(cfg, "val", 32)
+        return train, val, f"the embedded image set ({len(train)} training and {len(val)} held-out 32x32 crops of real photographs)"
+    except (ImportError, RuntimeError, ValueError, FileNotFoundError, OSError) as exc:
+        print(f"data: embedded image set unavailable ({type(exc).__name__}: {exc}); using scikit-image's photographs")
+        cfg = DataConfig(source="skimage", num_train=num_train, num_val=num_val)
+        train, val = load_split(cfg, "train", 32), load_split(cfg, "val", 32)
+        return train, val, (
+            f"crops of scikit-image's bundled photographs ({len(train)} training crops; {len(val)} held-out crops from other photos)"
         )
 
 
-def run_demo(quick: bool = False, seed: int = 0) -> list[DemoResult]:
-    """Train the demo autoencoder once per estimator and return the results (also printed as a table)."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    steps = 150 if quick else 800
-    train = skimage_patches(_TRAIN_IMAGES, 8192, seed=seed)
-    val = skimage_patches(_VAL_IMAGES, 1024, seed=seed + 1)
-    print(f"data: {len(train)} training patches from {len(_TRAIN_IMAGES)} photos, {len(val)} validation patches "
-          f"from {len(_VAL_IMAGES)} held-out photos (scikit-image samples), 32x32 RGB")
-    results = [_train_one(est, train, val, steps, 64, seed) for est in ("ste", "rotation")]
+def _train_estimators(quick: bool, seed: int, out: Path, steps: int | None, num_val: int) -> dict[str, Any]:
+    from tessera.recipes.train_tokenizer import load_train_config, train
+
+    default_steps, batch = (150, 32) if quick else (900, 32)
+    steps = steps or default_steps
+    train_items, val_items, data_note = demo_data(4096 if quick else 0, num_val)
+    runs: dict[str, Any] = {}
+    for est in ("ste", "rotation"):
+        cfg = load_train_config(
+            None,
+            [
+                "preset=vqvae-f4-k512-32px",
+                f"model.estimator={est}",
+                f"train.steps={steps}",
+                f"train.seed={seed}",
+                f"train.log_every={max(1, steps // 30)}",
+                "train.eval_every=0",
+                "train.checkpoint_every=0",
+                "train.tensorboard=false",
+                "train.device=cpu",
+                f"data.batch_size={batch}",
+                f"data.num_val={len(val_items)}",
+                "optim.lr=2e-3",
+                f"optim.warmup_steps={max(1, steps // 20)}",
+                "eval.grid_images=16",
+            ],
+        )
+        print(f"training the 32px VQ-VAE tokenizer with estimator={est} ({steps} steps x batch {batch})")
+        t0 = time.perf_counter()
+        _, metrics = train(cfg, out / est, data=(train_items, val_items))
+        runs[est] = {"metrics": metrics, "seconds": time.perf_counter() - t0, "run_dir": out / est, "config": cfg}
+    return {"runs": runs, "steps": steps, "batch": batch, "data_note": data_note, "val": val_items}
+
+
+def _results_table(runs: dict[str, Any]) -> list[DemoResult]:
+    out = []
+    for est, r in runs.items():
+        m = r["metrics"]
+        out.append(
+            DemoResult(est, m["mse"], m["usage"], m["perplexity"], m["quantization_error_sum"], r["seconds"], m["psnr"], m["ssim"])
+        )
+    return out
+
+
+def _print_table(results: list[DemoResult]) -> None:
     print()
     print(f"{'estimator':<10} {'val MSE':>9} {'usage':>7} {'perplexity':>11} {'quant. err':>11} {'seconds':>8}")
     for r in results:
         print(f"{r.estimator:<10} {r.val_mse:>9.5f} {r.usage:>7.1%} {r.perplexity:>11.1f} {r.quantization_error:>11.5f} {r.seconds:>8.1f}")
-    print(f"\n{steps} steps x batch 64 each, seed {seed}; usage = unique codes per 256 validation patches / 256 codes.")
+
+
+def _tokenizer_section(report, ctx: dict[str, Any]) -> None:
+    """Report section: the two estimators' metrics, reconstructions, code histograms and training curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tessera.tokenizer.metrics import image_grid
+    from tessera.train.log import read_metrics_csv
+
+    tok = ctx["tokenizer"]
+    runs = tok["runs"]
+    sec = report.section("Tokenizer: straight-through vs rotation trick")
+    cfg = runs["rotation"]["config"]
+    m = cfg.model
+    sec.paragraph(
+        f"A VQ-VAE tokenizer ({m.image_size}x{m.image_size} images -> {m.grid_size[0]}x{m.grid_size[1]} codes from a codebook of "
+        f"{m.codebook_size}, EMA decay {m.ema_decay}, commitment weight {m.commitment_weight}) trained for {tok['steps']} steps "
+        f"at batch {tok['batch']} on {tok['data_note']}, once with the straight-through estimator and once with the rotation "
+        "trick (Fifty et al., ICLR 2025), from the same seed, initial weights and data order. Metrics are on held-out "
+        "images; codebook usage is the share of codes used per group of 256 validation images."
+    )
+    rows = []
+    for r in ctx["results"]:
+        rows.append([r.estimator, f"{r.val_mse:.5f}", f"{r.psnr:.2f}", f"{r.ssim:.3f}", f"{r.usage:.1%}", f"{r.perplexity:.1f}",
+                     f"{r.quantization_error:.4g}", f"{r.seconds:.0f}"])
+    sec.table(["estimator", "val MSE", "PSNR (dB)", "SSIM", "codebook usage", "perplexity", "quant. error |e-q|²", "seconds"], rows)
+
+    originals = runs["ste"]["metrics"]["_originals"]
+    grid = image_grid([originals, runs["ste"]["metrics"]["_recons"], runs["rotation"]["metrics"]["_recons"]], scale=3)
+    fig, ax = plt.subplots(figsize=(grid.shape[1] / 90, grid.shape[0] / 90))
+    ax.imshow(grid, interpolation="nearest")
+    ax.axis("off")
+    sec.figure(fig, caption="Held-out images (top), straight-through reconstructions (middle), rotation-trick reconstructions (bottom).")
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3), sharey=True)
+    for ax, est in zip(axes, ("ste", "rotation"), strict=True):
+        counts = np.sort(runs[est]["metrics"]["_code_counts"].numpy())[::-1]
+        used = int((counts > 0).sum())
+        ax.bar(np.arange(len(counts)), counts, width=1.0, color="#999999" if est == "ste" else "#d62728")
+        ax.set_yscale("log")
+        ax.set_title(f"{'straight-through' if est == 'ste' else 'rotation trick'}: {used}/{len(counts)} codes used", fontsize=9)
+        ax.set_xlabel("codes, most used first", fontsize=8)
+    axes[0].set_ylabel("uses on held-out images", fontsize=8)
+    fig.tight_layout()
+    sec.figure(fig, caption="Codebook usage histograms: how often each code is used on the held-out images (log scale).")
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for est, color in (("ste", "#777777"), ("rotation", "#d62728")):
+        rows_csv = [r for r in read_metrics_csv(runs[est]["run_dir"] / "metrics.csv") if "rec_loss" in r]
+        steps = [r["step"] for r in rows_csv]
+        label = "straight-through" if est == "ste" else "rotation trick"
+        axes[0].plot(steps, [r["rec_loss"] for r in rows_csv], color=color, label=label)
+        axes[1].plot(steps, [r["usage"] for r in rows_csv], color=color, label=label)
+    axes[0].set_yscale("log")
+    axes[0].set_title("training reconstruction loss (MSE)", fontsize=9)
+    axes[1].set_title("codebook usage per training batch", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("step", fontsize=8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    sec.figure(fig, caption="Training curves.")
+    sec.paragraph(
+        "Reproduce: tessera tokenizer train --config configs/tokenizer/vqvae_f4_32px.yaml model.estimator=ste (or rotation). "
+        "The 11-paradigm comparison is benchmarks/rotation_study.py (docs/results/rotation_study.md)."
+    )
+
+
+# Each entry adds one section to the report: (name, function(report, context)). Later parts append theirs.
+DEMO_SECTIONS: list[tuple[str, Callable[[Any, dict[str, Any]], None]]] = [("tokenizer", _tokenizer_section)]
+
+
+def run_demo(
+    quick: bool = False, seed: int = 0, out_dir: str | Path | None = None, *, steps: int | None = None, num_val: int = 512
+) -> list[DemoResult]:
+    """Train the demo tokenizer with both estimators, print the table, write the HTML report and print its path.
+
+    Args:
+        quick: the ~2-minute version (fewer steps, a 4096-image training subset).
+        seed: seed of the initial weights and data order (shared by both estimators).
+        out_dir: output folder (default runs/demo).
+        steps: override the number of training steps (tests use a handful).
+        num_val: held-out images (512: two groups of 256 for the usage metric).
+    """
+    from tessera.paths import runs_dir
+    from tessera.recipes.html_report import HtmlReport
+
+    out = Path(out_dir) if out_dir is not None else runs_dir("demo")
+    t0 = time.perf_counter()
+    tok = _train_estimators(quick, seed, out, steps, num_val)
+    results = _results_table(tok["runs"])
+    _print_table(results)
+    print(f"\n{tok['steps']} steps x batch {tok['batch']} each, seed {seed}; usage = unique codes per 256 held-out images / "
+          f"{tok['runs']['rotation']['config'].model.codebook_size} codes.")
+    report = HtmlReport("Tessera demo", subtitle=f"{'Quick' if quick else 'Full'} demo, seed {seed}.")
+    ctx = {"tokenizer": tok, "results": results, "quick": quick, "seed": seed, "out_dir": out}
+    for _, add in DEMO_SECTIONS:
+        add(report, ctx)
+    path = report.write(out / "report.html")
+    print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
+    print(f"report: {path.resolve()}")
     return results
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="train a small VQ autoencoder with STE and with the rotation trick")
-    p.add_argument("--quick", action="store_true", help="a shorter run (well under a minute)")
+    p = subparsers.add_parser("demo", help="train a small tokenizer with STE and with the rotation trick; write an HTML report")
+    p.add_argument("--quick", action="store_true", help="a shorter run (about 2 minutes)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=lambda args: run_demo(quick=args.quick, seed=args.seed) and 0)
+    p.add_argument("--out", default=None, help="output folder (default runs/demo)")
+    p.set_defaults(handler=lambda args: run_demo(quick=args.quick, seed=args.seed, out_dir=args.out) and 0)

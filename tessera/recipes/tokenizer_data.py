@@ -166,23 +166,31 @@ def _embedded(split: str, size: int, video: bool, frames: int, limit: int) -> Te
     try:
         import tessera.data as tdata
     except ImportError as exc:
-        raise RuntimeError("data.source=embedded needs tessera.data, which this install lacks; use data.source=skimage") from exc
+        raise RuntimeError(
+            "data.source=embedded needs tessera.data, which this install lacks; use data.source="
+            + ("sprites" if video else "skimage")
+        ) from exc
+    # The embedded sets are built at 32 and 64 px; smaller sides are box-downsampled from the 32 px set.
+    built = size if size in (32, 64) else 32
+    if built % size:
+        raise ValueError(f"the embedded sets have 32 and 64 px items; {size} px does not divide 32")
     if video:
         if not hasattr(tdata, "load_video_dataset"):
             raise RuntimeError("this tessera.data has no load_video_dataset; use data.source=sprites")
-        ds = tdata.load_video_dataset(resolution=size, split=split)
+        ds = tdata.load_video_dataset(resolution=built, split=split, num_frames=frames)
     else:
-        loader = getattr(tdata, "load_image_dataset", None)
-        if loader is None:
-            from tessera.data.images import load_image_dataset as loader
-        ds = loader(resolution=size, split=split)
-    array = getattr(ds, "array", None)
+        ds = tdata.load_image_dataset(resolution=built, split=split)
     n = len(ds) if not limit else min(limit, len(ds))
-    if array is not None and not video:  # (N, H, W, C) uint8 memmap: one vectorised copy
-        return torch.from_numpy(np.ascontiguousarray(array[:n])).permute(0, 3, 1, 2).contiguous()
-    items = torch.stack([_to_uint8(ds[i]) for i in range(n)])
-    if video and items.shape[1] > frames:
-        items = items[:, :frames]
+    array = getattr(ds, "array", None)
+    if array is not None:  # uint8 (N, [T,] H, W, C) memmap: one vectorised copy
+        items = torch.from_numpy(np.ascontiguousarray(array[:n])).movedim(-1, -3).contiguous()  # -> (N, [T,] C, H, W)
+    else:
+        items = torch.stack([_to_uint8(ds[i]) for i in range(n)])
+    if built != size:
+        f = built // size
+        flat = items.reshape(-1, 3, built, built).float()
+        flat = torch.nn.functional.avg_pool2d(flat, f).round_().clamp_(0, 255).to(torch.uint8)
+        items = flat.reshape(*items.shape[:-3], 3, size, size)
     return items
 
 
