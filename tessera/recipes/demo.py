@@ -87,12 +87,12 @@ def demo_data(num_train: int, num_val: int) -> tuple[torch.Tensor, torch.Tensor,
         )
 
 
-def _train_estimators(quick: bool, seed: int, out: Path, steps: int | None, num_val: int) -> dict[str, Any]:
+def _train_estimators(quick: bool, seed: int, out: Path, steps: int | None, num_val: int, num_train: int | None) -> dict[str, Any]:
     from tessera.recipes.train_tokenizer import load_train_config, train
 
     default_steps, batch = (150, 32) if quick else (900, 32)
     steps = steps or default_steps
-    train_items, val_items, data_note = demo_data(4096 if quick else 0, num_val)
+    train_items, val_items, data_note = demo_data(num_train if num_train is not None else (4096 if quick else 0), num_val)
     runs: dict[str, Any] = {}
     for est in ("ste", "rotation"):
         cfg = load_train_config(
@@ -211,7 +211,13 @@ DEMO_SECTIONS: list[tuple[str, Callable[[Any, dict[str, Any]], None]]] = [("toke
 
 
 def run_demo(
-    quick: bool = False, seed: int = 0, out_dir: str | Path | None = None, *, steps: int | None = None, num_val: int = 512
+    quick: bool = False,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    *,
+    steps: int | None = None,
+    num_val: int = 512,
+    num_train: int | None = None,
 ) -> list[DemoResult]:
     """Train the demo tokenizer with both estimators, print the table, write the HTML report and print its path.
 
@@ -221,13 +227,14 @@ def run_demo(
         out_dir: output folder (default runs/demo).
         steps: override the number of training steps (tests use a handful).
         num_val: held-out images (512: two groups of 256 for the usage metric).
+        num_train: training images (default: 4096 with `quick`, else the whole set).
     """
     from tessera.paths import runs_dir
     from tessera.recipes.html_report import HtmlReport
 
     out = Path(out_dir) if out_dir is not None else runs_dir("demo")
     t0 = time.perf_counter()
-    tok = _train_estimators(quick, seed, out, steps, num_val)
+    tok = _train_estimators(quick, seed, out, steps, num_val, num_train)
     results = _results_table(tok["runs"])
     _print_table(results)
     print(f"\n{tok['steps']} steps x batch {tok['batch']} each, seed {seed}; usage = unique codes per 256 held-out images / "
