@@ -294,7 +294,7 @@ def _worker(args: tuple) -> dict[str, Any]:
 METRICS = [
     # key, label, better ("low"/"high"), paper key
     ("usage", "codebook usage", "high", "usage"),
-    ("quantization_error_sum", "quant. error |e-q|^2 (sum)", "low", "qe"),
+    ("quantization_error_sum", "quant. error ‖e−q‖² (sum)", "low", "qe"),
     ("quantization_error_mean", "quant. error (per element)", "low", None),
     ("mse", "val MSE", "low", "val"),
     ("psnr", "val PSNR (dB)", "high", None),
@@ -343,9 +343,11 @@ def _arrow(d: str) -> str:
 
 
 def _significant(a: dict, b: dict, n: int) -> bool:
-    """|mean difference| larger than twice its standard error (Welch, equal n)."""
+    """|mean difference| larger than twice its standard error (Welch, equal n); never with a single seed."""
     import math
 
+    if n < 2:
+        return False
     se = math.sqrt((a["std"] ** 2 + b["std"] ** 2) / max(1, n))
     return abs(a["mean"] - b["mean"]) > 2 * se
 
@@ -373,7 +375,7 @@ def write_report(agg: dict[str, Any], meta: dict[str, Any], out_md: Path, out_js
         "",
         f"- Profile **{prof}**: {meta['profile_settings']['steps']} optimiser steps per run, batch "
         f"{meta['profile_settings']['batch']} images (video rows: a quarter as many 8-frame clips), "
-        f"{meta['profile_settings']['seeds']} seeds per (paradigm, estimator), AdamW betas (0.9, 0.99), "
+        f"{meta['profile_settings']['seeds']} seed(s) per (paradigm, estimator), AdamW betas (0.9, 0.99), "
         f"lr {meta['profile_settings']['lr']} with warmup + cosine, EMA codebook decay 0.8, no k-means init, no dead-code "
         "restarts (the paper's Table 8 settings), identical data order and initialisation for both estimators.",
         f"- Data: images = **{meta['image_source']}** ({meta['image_source_note']}); narrow domain = crops of one retinal "
@@ -381,12 +383,15 @@ def write_report(agg: dict[str, Any], meta: dict[str, Any], out_md: Path, out_js
         f"clips = **{meta['video_source']}**.",
         f"- Held-out metrics on {meta['profile_settings']['num_val']} validation items; codebook usage pooled over groups of "
         "256 validation images (clips) and averaged (paper App. A.4); quantization error |e-q|^2 in code space, summed "
-        "over the code dimension (the paper's formula) and per element.",
+        "over the code dimension (the paper's formula) and per element. Train rec. loss is the training objective's "
+        "reconstruction term (MSE, or L1 for VQGAN rows) averaged over the last logged steps.",
         f"- Frechet metric: {meta['fd_note']}.",
         f"- VQGAN rows: patch discriminator (hinge, adaptive weight, starts at half of the steps), L1 reconstruction, "
         f"{meta['perceptual_note']}.",
         f"- Machine: {meta['machine']}; torch {meta['torch']}; wall time {meta['wall_minutes']:.1f} min with "
         f"{meta['workers']} worker process(es) x {meta['threads']} thread(s). {meta['shared_note']}",
+        f"- Runs completed: {meta['runs']} of {meta['runs_planned']}"
+        + ("." if meta["runs"] == meta["runs_planned"] else " — THIS REPORT IS PARTIAL: rows show the seeds that finished (column `seeds`)."),
         "",
         "Directions: ↑ / ↓ = the rotation trick's value is higher / lower than STE's (≈: within 2%); `*` = the difference is "
         "larger than twice its standard error over seeds. \"agrees\" compares our direction with the paper's.",
@@ -425,7 +430,7 @@ def write_report(agg: dict[str, Any], meta: dict[str, Any], out_md: Path, out_js
         "",
     ]
     fd_keys = sorted({k for r in agg.values() for e in r.values() if isinstance(e, dict) for k in e if k.startswith("fd_") or k == "rfid"})
-    header = ["paradigm", "estimator"] + [m[1] for m in METRICS] + fd_keys + ["s/run"]
+    header = ["paradigm", "estimator", "seeds"] + [m[1] for m in METRICS] + fd_keys + ["s/run"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     order = ["ste", "rotation", "hessian", "double_forward"]
     for row in ROWS:
@@ -437,7 +442,7 @@ def write_report(agg: dict[str, Any], meta: dict[str, Any], out_md: Path, out_js
             e = agg[row.key][est]
             vals = [f"{_fmt(e[m[0]]['mean'])} ± {_fmt(e[m[0]]['std'])}" if m[0] in e else "–" for m in METRICS]
             vals += [f"{_fmt(e[k]['mean'])} ± {_fmt(e[k]['std'])}" if k in e else "–" for k in fd_keys]
-            lines.append(f"| {row.key} | {est} | " + " | ".join(vals) + f" | {e['seconds']:.0f} |")
+            lines.append(f"| {row.key} | {est} | {len(e['seeds'])} | " + " | ".join(vals) + f" | {e['seconds']:.0f} |")
     exact_row = next((r for r in ROWS if r.exact_baselines), None)
     if exact_row is not None and exact_row.key in agg and "hessian" in agg[exact_row.key]:
         lines += [
@@ -589,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "shared_note": args.shared_note,
         "runs": len(results),
+        "runs_planned": len(jobs),
         "seconds_per_run": {f"{r}/{e}": v["seconds"] for r, ests in agg.items() for e, v in ests.items()},
     }
     meta["runtime_notes"] = runtime_notes(agg, args.profile, args.workers, wall)
