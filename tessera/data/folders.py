@@ -69,7 +69,8 @@ def _is_image(name: str, extensions: Sequence[str]) -> bool:
 
 
 def find_images(root: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Every image file under `root`, any depth, in natural order (hidden entries skipped, symlinked dirs not followed).
+    """Every image file under `root`, any depth, sorted by relative path in natural order (`cat/a.png`,
+    `cat/sub/b.png`, `dog/c2.png`, `dog/c10.png`, `top.png`); hidden entries skipped, symlinked folders not followed.
 
     Raises:
         FileNotFoundError: `root` is not a folder.
@@ -79,11 +80,10 @@ def find_images(root: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_
         raise FileNotFoundError(f"image folder not found: {root}")
     found = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=natural_key)  # walk order = sorted order
-        for name in sorted(files, key=natural_key):
-            if _is_image(name, extensions):
-                found.append(Path(folder) / name)
-    return found
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # prune hidden folders from the walk
+        found += [Path(folder) / name for name in files if _is_image(name, extensions)]
+    # One global order by path components, so it does not depend on the file system's listing order.
+    return sorted(found, key=lambda p: tuple(natural_key(part) for part in p.relative_to(root).parts))
 
 
 def _first_level(path: Path, root: Path) -> str | None:

@@ -9,7 +9,9 @@ folder loaders). It always returns an 8-bit RGB `PIL.Image`, or raises an error 
   image above the pixel cap -> `ImageLoadError` (a `ValueError`).
 - The pixel cap (`max_pixels`, default 64 Mpx) is checked from the header, before any pixel is decoded, so a
   decompression bomb costs nothing. Pillow's own `DecompressionBombError` (beyond 2x `Image.MAX_IMAGE_PIXELS`) is
-  turned into the same clear `ImageLoadError`.
+  turned into the same clear `ImageLoadError`, and so is its warning zone (above `Image.MAX_IMAGE_PIXELS`): the cap
+  never exceeds it unless the caller raises `max_pixels` on purpose. (Pillow may still print its
+  `DecompressionBombWarning` just before our error; silencing it would need the thread-unsafe `catch_warnings`.)
 - Only common raster formats are opened (`SAFE_FORMATS`): Pillow's EPS plugin runs Ghostscript on the file, and other
   rare plugins are little-tested attack surface for uploads. Nothing here ever unpickles user data.
 
@@ -89,8 +91,8 @@ def load_image(
 
     Args:
         source: a path, the file's bytes, or a binary file object (read from its current position).
-        max_pixels: refuse images with more pixels than this (checked before decoding); None keeps only Pillow's own
-            limit (2 x `Image.MAX_IMAGE_PIXELS`).
+        max_pixels: refuse images with more pixels than this (checked before decoding); None uses Pillow's
+            `Image.MAX_IMAGE_PIXELS` (the size at which Pillow would only warn), so that case is an error too.
         background: RGB colour transparent pixels are composited on (white by default).
         name: how to call the image in error messages (useful for bytes, e.g. an upload's filename).
         formats: Pillow format names that may be opened.
@@ -135,13 +137,14 @@ def load_image(
     except Exception as exc:  # Pillow raises many types (SyntaxError, struct.error, ...) on bad headers
         raise ImageLoadError(f"{label}: cannot read the image header ({type(exc).__name__}: {exc})") from exc
 
+    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     with img:
         width, height = img.size
         if width <= 0 or height <= 0:
             raise ImageLoadError(f"{label}: image has an empty size {width}x{height}")
-        if max_pixels is not None and width * height > max_pixels:
+        if limit is not None and width * height > limit:
             raise ImageLoadError(
-                f"{label}: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+                f"{label}: {width}x{height} = {width * height:,} pixels exceeds the limit of {limit:,} "
                 "(possible decompression bomb); pass a larger max_pixels if the image is trusted"
             )
         try:

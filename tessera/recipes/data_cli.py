@@ -3,8 +3,8 @@
 Axis legend: none (command-line plumbing).
 
     tessera data build [--only images|video] [--force] [--root DIR] [--sources DIR] [--config X.yaml] [--debug] [a.b=c]
-    tessera data info  [--root DIR] [--config X.yaml] [--debug] [a.b=c]
-    tessera data report [--out docs/data.md] [--root DIR]
+    tessera data info  [--root DIR] [--sources DIR] [--config X.yaml] [--debug] [a.b=c]
+    tessera data report [--out docs/data.md] [--root DIR] [--sources DIR] [--config X.yaml] [--debug] [a.b=c]
 
 Expected: `tessera data build` takes ~30 s on 2 cores with the Debian packages installed and prints the counts.
 The config has two sections, `images` (`ImageSetConfig`) and `video` (`VideoSetConfig`); `--debug` starts from a tiny
@@ -76,6 +76,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", type=Path, default=None, help="data folder (default $TESSERA_CACHE/data)")
     p.add_argument("--config", type=Path, default=None, help="YAML with `images:` and `video:` sections")
     p.add_argument("--debug", action="store_true", help="start from the tiny debug config")
+    p.add_argument("--sources", action="append", default=None, metavar="DIR",
+                   help="look for source files in DIR/<package>/<path> instead of the installed packages "
+                        "(repeatable; default $TESSERA_DATA_SOURCES or the packages)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. images.train_crops=1000")
 
 
@@ -130,7 +133,7 @@ def _info(args: argparse.Namespace) -> int:
     from tessera.data._store import DatasetBuild, read_manifest
 
     cfg = _load(args)
-    found, missing = available_sources(None, cfg.images.sources or None)
+    found, missing = available_sources(args.sources or None, cfg.images.sources or None)
     print(f"sources installed: {len(found)} of {len(found) + len(missing)}"
           + (f"; missing packages: {', '.join(sorted({s.package for s in missing}))}" if missing else ""))
     folder = image_set_dir(cfg.images, args.root)
@@ -152,7 +155,8 @@ def _report(args: argparse.Namespace) -> int:
     from tessera.data.report import write_report
 
     cfg = _load(args)
-    path = write_report(args.out, root=args.root, image_config=cfg.images, video_config=cfg.video)
+    path = write_report(args.out, root=args.root, source_dirs=args.sources or None, image_config=cfg.images,
+                        video_config=cfg.video)
     print(f"wrote {path}")
     return 0
 
@@ -167,9 +171,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = verbs.add_parser("build", help="build (or find cached) the embedded sets")
     build.add_argument("--only", choices=["images", "video"], default=None, help="build only one of the sets")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
-    build.add_argument("--sources", action="append", default=None, metavar="DIR",
-                       help="look for source files in DIR/<package>/<path> instead of the installed packages "
-                            "(repeatable; default $TESSERA_DATA_SOURCES or the packages)")
     _add_common(build)
     build.set_defaults(handler=_build)
 
