@@ -264,19 +264,32 @@ def _sprite_masks(kind: str, name: str, size: int) -> tuple[np.ndarray, np.ndarr
     return fill, outline
 
 
-def _paste(frame: np.ndarray, mask4: np.ndarray, x: float, y: float, colour: np.ndarray) -> None:
-    """Alpha-blend `colour` into `frame` (H, W, C) float through a 4x mask whose sprite square starts at (x, y)."""
-    height, width = frame.shape[:2]
-    # Top-left of the padded mask in 1/4-pixel units; split into whole pixels and a sub-pixel shift.
-    bx = int(round(x * _SUPER)) - _SUPER
-    by = int(round(y * _SUPER)) - _SUPER
-    px, sx = divmod(bx, _SUPER)
-    py, sy = divmod(by, _SUPER)
+@functools.lru_cache(maxsize=4096)
+def _shifted_alpha(kind: str, name: str, size: int, outline: bool, sx: int, sy: int) -> np.ndarray:
+    """Pixel-resolution alpha (size + 3, size + 3) of a sprite mask shifted by (sx, sy) quarter pixels.
+
+    There are only 16 sub-pixel shifts per mask, so they are computed once and reused for every frame and clip.
+    """
+    fill, edge = _sprite_masks(kind, name, size)
+    mask4 = edge if outline else fill
     m = mask4.shape[0]
     cells = m // _SUPER + 1
     shifted = np.zeros((cells * _SUPER, cells * _SUPER), dtype=np.float32)
     shifted[sy:sy + m, sx:sx + m] = mask4
     alpha = shifted.reshape(cells, _SUPER, cells, _SUPER).mean(axis=(1, 3))  # (4c, 4c) -> (c, c) box filter
+    alpha.flags.writeable = False
+    return alpha
+
+
+def _paste(frame: np.ndarray, sprite: tuple[str, str, int], outline: bool, x: float, y: float,
+           colour: np.ndarray) -> None:
+    """Alpha-blend `colour` into `frame` (H, W, C) float through a sprite mask whose square starts at (x, y)."""
+    height, width = frame.shape[:2]
+    # Top-left of the padded mask in 1/4-pixel units; split into whole pixels and a sub-pixel shift.
+    px, sx = divmod(int(round(x * _SUPER)) - _SUPER, _SUPER)
+    py, sy = divmod(int(round(y * _SUPER)) - _SUPER, _SUPER)
+    alpha = _shifted_alpha(*sprite, outline, sx, sy)
+    cells = alpha.shape[0]
     # Clip the patch to the frame (the outline may poke one pixel out at the border).
     x0, y0 = max(px, 0), max(py, 0)
     x1, y1 = min(px + cells, width), min(py + cells, height)
@@ -439,15 +452,15 @@ def _render_clip(background: np.ndarray, plan: dict[str, Any], num_frames: int) 
     bg = background.astype(np.float32)
     frames = np.empty((num_frames, *background.shape), dtype=np.uint8)
     black = np.zeros(3, dtype=np.float32)
-    masks = [_sprite_masks(sp["kind"], sp["shape"] or sp["glyph"], sp["size"]) for sp in plan["sprites"]]
     for t in range(num_frames):
         frame = bg.copy()
-        for sp, (fill, outline) in zip(plan["sprites"], masks, strict=True):
+        for sp in plan["sprites"]:
             box = sp["boxes"][t]
             if box is None:
                 continue
-            _paste(frame, outline, box[0], box[1], black)
-            _paste(frame, fill, box[0], box[1], np.asarray(sp["rgb"], dtype=np.float32))
+            key = (sp["kind"], sp["shape"] or sp["glyph"], sp["size"])
+            _paste(frame, key, True, box[0], box[1], black)  # outline first, fill on top
+            _paste(frame, key, False, box[0], box[1], np.asarray(sp["rgb"], dtype=np.float32))
         frames[t] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
     return frames
 
