@@ -319,11 +319,10 @@ _warned: set[str] = set()
 
 
 def _warn_once(key: str, message: str) -> None:
-    """Emit a UserWarning (and a log line) once per process for `key`."""
+    """Emit a UserWarning once per process for `key` (Python's own de-duplication is per call site, not per key)."""
     if key in _warned:
         return
     _warned.add(key)
-    log.warning(message)
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
@@ -385,7 +384,7 @@ def build_image_dataset(
 
     total = len(found) + len(missing)
     if missing:
-        _warn_once(f"missing:{sorted(s.id for s in missing)}", _missing_message(missing, total))
+        _warn_once(f"missing:{final}:{sorted(s.id for s in missing)}", _missing_message(missing, total))
     for split in _SPLITS:
         if not any(s.split == split for s, _ in found):
             wanted = [s.id for s, _ in found + [(m, None) for m in missing] if s.split == split]
@@ -398,7 +397,8 @@ def build_image_dataset(
 
     t0 = time.perf_counter()
     steps = len(found) * (1 + len(cfg.resolutions))  # decode each source, then cut its crops at each resolution
-    bar = tqdm(total=steps, desc="tessera data: images", unit="step", disable=None if progress is None else not progress)
+    disable = None if progress is None else not progress  # None: tqdm shows the bar only on a terminal
+    bar = tqdm(total=steps, desc="tessera data: images", unit="step", disable=disable)
     works: list[_Working] = []
     source_records: list[dict[str, Any]] = []
     for i, (src, path) in enumerate(found):

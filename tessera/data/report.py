@@ -30,7 +30,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def _pct(counter: Counter, total: int) -> str:
-    return ", ".join(f"{k}: {v} ({100 * v / total:.0f}%)" for k, v in sorted(counter.items(), key=lambda kv: str(kv[0])))
+    items = sorted(counter.items(), key=lambda kv: str(kv[0]))
+    return ", ".join(f"{k}: {v} ({100 * v / total:.0f}%)" for k, v in items)
 
 
 def _image_section(build: DatasetBuild) -> list[str]:
@@ -100,8 +101,9 @@ def _image_section(build: DatasetBuild) -> list[str]:
         by_licence.setdefault(src.licence, []).append(src.id)
     for licence, ids in sorted(by_licence.items()):
         lines.append(f"- **{licence}** ({len(ids)}): {', '.join(ids)}")
-    froms = sorted({src.licence_from for src in IMAGE_SOURCES})
-    lines += ["", "Licence strings were read from: " + "; ".join(froms) + ".", ""]
+    lines += ["", "Licence strings were read from:", ""]
+    lines += [f"- {where}" for where in sorted({src.licence_from for src in IMAGE_SOURCES})]
+    lines.append("")
     return lines
 
 

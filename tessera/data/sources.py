@@ -90,7 +90,7 @@ _MATE = "mate-backgrounds"
 _MATE_DOC = "/usr/share/doc/mate-backgrounds/copyright"
 _PLASMA = "plasma-workspace-wallpapers"
 # Debian's copyright file gives one stanza for the whole package; each theme's own metadata adds the upstream licence.
-_PLASMA_DOC = "/usr/share/doc/plasma-workspace-wallpapers/copyright; theme metadata.json"
+_PLASMA_DOC = "/usr/share/doc/plasma-workspace-wallpapers/copyright and the theme's metadata.json"
 
 
 def _plasma(theme: str, title: str, author: str, upstream: str, *, kind: Kind = "photo", split: str = "train",
@@ -103,7 +103,8 @@ def _plasma(theme: str, title: str, author: str, upstream: str, *, kind: Kind = 
         title=title,
         credit=f"{author}; 2014 KDE Visual Design Group",
         licence=f"GPL-2+ (Debian); upstream {upstream}",
-        licence_from=_PLASMA_DOC if theme != "SafeLanding" else _PLASMA_DOC.replace("json", "desktop"),
+        # SafeLanding is the one theme that still ships the older metadata.desktop.
+        licence_from=_PLASMA_DOC.replace(".json", ".desktop") if theme == "SafeLanding" else _PLASMA_DOC,
         split=split,  # type: ignore[arg-type]
     )
 
@@ -155,9 +156,9 @@ IMAGE_SOURCES: tuple[ImageSource, ...] = (
     ImageSource("skimage/coins", _SK, "coins.png", "photo-gray", "Greek coins from Pompeii", "Brooklyn Museum",
                 "No known copyright restrictions", _SK_DOC.format("coins")),
     # matplotlib sample data (ships in the wheel).
-    ImageSource("matplotlib/grace_hopper", _MPL, "grace_hopper.jpg", "photo", "Rear Admiral Grace Hopper",
-                "U.S. Navy (photograph NH 96919-KN)", "Public domain (work of the U.S. federal government)",
-                "U.S. Navy photograph; shipped in matplotlib mpl-data/sample_data"),
+    ImageSource("matplotlib/grace_hopper", _MPL, "grace_hopper.jpg", "photo", "Grace Hopper (official portrait)",
+                "U.S. Navy", "Public domain (work of the U.S. federal government)",
+                "U.S. Navy official portrait, shipped in matplotlib mpl-data/sample_data"),
     # Debian mate-backgrounds 1.26: the 12 nature photos and one painting.
     _mate("Aqua", "2008, Charles Barbin"),
     _mate("Blinds", "2008, Lennart Poettering; 2008, Andrea Cimitan"),

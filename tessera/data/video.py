@@ -327,7 +327,8 @@ def _describe(sprites: list[dict[str, Any]], events: list[dict[str, Any]]) -> st
         sp = sprites[ev["sprite"]]
         if ev["type"] == "appear":
             pace = "slowly" if sp["speed_class"] == "slow" else "fast"
-            lines.append(f"At frame {ev['frame']} {_article(sp['name'])} {sp['name']} appears and moves {sp['direction']} {pace}.")
+            who = f"{_article(sp['name'])} {sp['name']}"
+            lines.append(f"At frame {ev['frame']} {who} appears and moves {sp['direction']} {pace}.")
         else:
             lines.append(f"At frame {ev['frame']} the {sp['name']} disappears.")
     count = len(events)
@@ -466,7 +467,8 @@ def _render_clip(background: np.ndarray, plan: dict[str, Any], num_frames: int) 
 
 
 def _make_split(backgrounds: np.ndarray, bg_sources: list[str], resolution: int, num_frames: int, split: str,
-                count: int, cfg: VideoSetConfig, tick: Callable[[int], object]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                count: int, cfg: VideoSetConfig, tick: Callable[[int], object],
+                ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     clips = np.empty((count, num_frames, resolution, resolution, 3), dtype=np.uint8)  # (N, T, H, W, C)
     metadata = []
     for i in range(count):

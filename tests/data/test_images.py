@@ -22,7 +22,8 @@ SPLIT_OF = {s.id: s.split for s in IMAGE_SOURCES}
 
 
 def _arrays(build, cfg):
-    return {f"{split}_{r}": np.load(build.file(f"{split}_{r}.npy")) for split in ("train", "val") for r in cfg.resolutions}
+    names = [f"{split}_{r}" for split in ("train", "val") for r in cfg.resolutions]
+    return {name: np.load(build.file(f"{name}.npy")) for name in names}
 
 
 def _source_from_blue(crops: np.ndarray) -> np.ndarray:

@@ -104,7 +104,8 @@ def test_events_match_pixels_and_metadata(video_sets):
             for ev in events:
                 sp, k = sprites[ev["sprite"]], ev["frame"]
                 box = sp["boxes"][k] if ev["type"] == "appear" else sp["boxes"][k - 1]
-                others = [o["boxes"][t] for o in sprites if o is not sp for t in (k - 1, k) if o["boxes"][t] is not None]
+                others = [o["boxes"][t] for o in sprites if o is not sp for t in (k - 1, k)
+                          if o["boxes"][t] is not None]
                 if any(_overlaps(box, ob) for ob in others):
                     continue  # another sprite is in the way; the pixel check below would be ambiguous
                 region = _box_region(box, 1, 32)
