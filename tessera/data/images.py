@@ -399,28 +399,35 @@ def build_image_dataset(
     steps = len(found) * (1 + len(cfg.resolutions))  # decode each source, then cut its crops at each resolution
     disable = None if progress is None else not progress  # None: tqdm shows the bar only on a terminal
     bar = tqdm(total=steps, desc="tessera data: images", unit="step", disable=disable)
-    works: list[_Working] = []
-    source_records: list[dict[str, Any]] = []
-    for i, (src, path) in enumerate(found):
+    pool = ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, 8)))
+
+    def decode(path: Path) -> tuple[bytes, Image.Image, tuple[int, int]]:
         data = path.read_bytes()
         img = load_image(data, name=str(path), max_pixels=None)  # trusted package files; sizes are known
         width, height = img.size
         scale = cfg.max_short_side / min(width, height)
         if scale < 1:
             img = img.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.LANCZOS)
-        works.append(_Working(i, src, _pyramid(img, min(cfg.resolutions))))
-        source_records.append({
-            "id": src.id, "package": src.package, "path": src.path, "located_at": str(path), "kind": src.kind,
-            "title": src.title, "credit": src.credit, "licence": src.licence, "licence_from": src.licence_from,
-            "split": src.split, "sha256": file_sha256(data), "size": [width, height], "working_size": list(img.size),
-            "crops": {},
-        })
-        bar.update(1)
+        return data, img, (width, height)
 
-    partial = new_partial_dir(final)
+    partial: Path | None = None
     files: dict[str, dict[str, Any]] = {}
-    pool = ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, 8)))
     try:
+        works: list[_Working] = []
+        source_records: list[dict[str, Any]] = []
+        # Decoding runs in threads too (Pillow's decoders release the GIL); `map` keeps registry order.
+        for i, ((src, path), (data, img, size)) in enumerate(zip(found, pool.map(decode, [p for _, p in found]),
+                                                                 strict=True)):
+            works.append(_Working(i, src, _pyramid(img, min(cfg.resolutions))))
+            source_records.append({
+                "id": src.id, "package": src.package, "path": src.path, "located_at": str(path), "kind": src.kind,
+                "title": src.title, "credit": src.credit, "licence": src.licence, "licence_from": src.licence_from,
+                "split": src.split, "sha256": file_sha256(data), "size": list(size), "working_size": list(img.size),
+                "crops": {},
+            })
+            bar.update(1)
+
+        partial = new_partial_dir(final)
         for res in cfg.resolutions:
             for split in _SPLITS:
                 split_works = [w for w in works if w.source.split == split]
@@ -444,13 +451,15 @@ def build_image_dataset(
         }
         write_json(partial / "manifest.json", manifest)
     except BaseException:
-        import shutil
+        if partial is not None:
+            import shutil
 
-        shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         pool.shutdown()
         bar.close()
+    assert partial is not None
     if not publish(partial, final, force=force):
         return DatasetBuild(final, read_manifest(final) or manifest, built=False)
     log.info("built image set %s in %.1f s", final, manifest["build_seconds"])

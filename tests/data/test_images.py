@@ -165,6 +165,13 @@ def test_missing_packages_warn_once_and_are_recorded(tmp_path, fake_sources):
         build_image_dataset(cfg, root=tmp_path, source_dirs=[fake_sources], progress=False)
 
 
+def test_corrupt_source_file_is_named_and_nothing_is_left_behind(tmp_path, fake_sources, tiny_images):
+    (fake_sources / "scikit-image" / "coffee.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ValueError, match="coffee.png"):
+        build_image_dataset(tiny_images, root=tmp_path / "data", source_dirs=[fake_sources], progress=False)
+    assert list((tmp_path / "data").iterdir()) == []  # no partial folder, no half-written set
+
+
 def test_no_val_source_is_a_clear_error(tmp_path, fake_sources):
     cfg = ImageSetConfig(resolutions=(16,), train_crops=10, val_crops=10, max_short_side=128,
                          sources=("skimage/astronaut",))
