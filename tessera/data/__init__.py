@@ -14,6 +14,8 @@ Axis legend: N items, T frames, C channels (3, RGB), H W height and width.
 Everything generated lives under `tessera.paths.cache_dir("data")` and is rebuilt by `tessera data build`.
 """
 
+from typing import Any
+
 from tessera.data._store import DatasetBuild
 from tessera.data.folders import (
     IMAGE_EXTENSIONS,
@@ -51,7 +53,8 @@ from tessera.data.video import (
 )
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy so `python -m tessera.data.report` does not import itself twice
+def __getattr__(name: str) -> Any:
+    # Lazy, so `python -m tessera.data.report` does not import the report module twice (runpy warns about that).
     if name in ("render_report", "write_report"):
         from tessera.data import report
 
