@@ -183,7 +183,7 @@ def _embedded(split: str, size: int, video: bool, frames: int, limit: int) -> Te
     n = len(ds) if not limit else min(limit, len(ds))
     array = getattr(ds, "array", None)
     if array is not None:  # uint8 (N, [T,] H, W, C) memmap: one vectorised copy
-        items = torch.from_numpy(np.ascontiguousarray(array[:n])).movedim(-1, -3).contiguous()  # -> (N, [T,] C, H, W)
+        items = torch.from_numpy(np.array(array[:n])).movedim(-1, -3).contiguous()  # copy out of the memmap; -> (N, [T,] C, H, W)
     else:
         items = torch.stack([_to_uint8(ds[i]) for i in range(n)])
     if built != size:
