@@ -243,9 +243,9 @@ def run_one(job: tuple[str, str, int], profile: str, out_root: str, threads: int
     import torch
 
     torch.set_num_threads(threads)
+    from tessera.io import atomic_write_json
     from tessera.recipes.train_tokenizer import train
     from tessera.tokenizer.metrics import evaluate_tokenizer
-    from tessera.train.checkpoint import atomic_write_json
 
     row_key, estimator, seed = job
     row = ROWS_BY_KEY[row_key]
@@ -363,7 +363,7 @@ def _fmt(v: float) -> str:
 
 
 def write_report(agg: dict[str, Any], meta: dict[str, Any], out_md: Path, out_json: Path, plot_prefix: Path | None) -> None:
-    from tessera.train.checkpoint import atomic_write_bytes, atomic_write_json
+    from tessera.io import atomic_write_bytes, atomic_write_json
 
     lines: list[str] = []
     prof = meta["profile"]

@@ -63,15 +63,17 @@ class DemoResult:
     ssim: float = float("nan")
 
 
-def demo_data(num_train: int, num_val: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+def demo_data(num_train: int, num_val: int, source: str = "auto") -> tuple[torch.Tensor, torch.Tensor, str]:
     """uint8 (N, 3, 32, 32) train and val images and a description; builds the embedded set if it is missing.
 
-    Falls back to crops of scikit-image's photographs (and says so) when `tessera.data` is not installed or cannot
-    build its set on this machine.
+    With source="auto", falls back to crops of scikit-image's photographs (and says so) when `tessera.data` is not
+    installed or cannot build its set on this machine; source="skimage" uses those crops directly.
     """
     from tessera.recipes.tokenizer_data import DataConfig, load_split
 
     try:
+        if source == "skimage":
+            raise RuntimeError("scikit-image photographs requested")
         import tessera.data  # noqa: F401
 
         print("data: loading the embedded image set (built from the shipped photographs on first use; this can take a minute)")
@@ -87,12 +89,14 @@ def demo_data(num_train: int, num_val: int) -> tuple[torch.Tensor, torch.Tensor,
         )
 
 
-def _train_estimators(quick: bool, seed: int, out: Path, steps: int | None, num_val: int, num_train: int | None) -> dict[str, Any]:
+def _train_estimators(
+    quick: bool, seed: int, out: Path, steps: int | None, num_val: int, num_train: int | None, source: str
+) -> dict[str, Any]:
     from tessera.recipes.train_tokenizer import load_train_config, train
 
     default_steps, batch = (150, 32) if quick else (900, 32)
     steps = steps or default_steps
-    train_items, val_items, data_note = demo_data(num_train if num_train is not None else (4096 if quick else 0), num_val)
+    train_items, val_items, data_note = demo_data(num_train if num_train is not None else (4096 if quick else 0), num_val, source)
     runs: dict[str, Any] = {}
     for est in ("ste", "rotation"):
         cfg = load_train_config(
@@ -218,6 +222,7 @@ def run_demo(
     steps: int | None = None,
     num_val: int = 512,
     num_train: int | None = None,
+    source: str = "auto",
 ) -> list[DemoResult]:
     """Train the demo tokenizer with both estimators, print the table, write the HTML report and print its path.
 
@@ -228,13 +233,14 @@ def run_demo(
         steps: override the number of training steps (tests use a handful).
         num_val: held-out images (512: two groups of 256 for the usage metric).
         num_train: training images (default: 4096 with `quick`, else the whole set).
+        source: "auto" (the embedded set, built if missing; scikit-image photos if it cannot be) or "skimage".
     """
     from tessera.paths import runs_dir
     from tessera.recipes.html_report import HtmlReport
 
     out = Path(out_dir) if out_dir is not None else runs_dir("demo")
     t0 = time.perf_counter()
-    tok = _train_estimators(quick, seed, out, steps, num_val, num_train)
+    tok = _train_estimators(quick, seed, out, steps, num_val, num_train, source)
     results = _results_table(tok["runs"])
     _print_table(results)
     print(f"\n{tok['steps']} steps x batch {tok['batch']} each, seed {seed}; usage = unique codes per 256 held-out images / "

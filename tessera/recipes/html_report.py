@@ -118,9 +118,8 @@ class HtmlReport:
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the report atomically (temporary file, then rename) and return its path."""
+        from tessera.io import atomic_write_bytes
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(self.render(), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, self.render().encode("utf-8"))
         return path

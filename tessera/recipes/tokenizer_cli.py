@@ -103,7 +103,7 @@ def _eval(args: argparse.Namespace) -> int:
     text = json.dumps(metrics, indent=2, sort_keys=True)
     print(text)
     if args.json:
-        from tessera.train.checkpoint import atomic_write_bytes
+        from tessera.io import atomic_write_bytes
 
         atomic_write_bytes(args.json, (text + "\n").encode())
     if args.grid:
@@ -133,9 +133,9 @@ def _image_files(inputs: list[str]) -> list[Path]:
 def _encode(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from tessera.io import atomic_write_bytes
     from tessera.recipes.tokenizer_data import load_image_file
     from tessera.tokenizer import ImageTokenizer
-    from tessera.train.checkpoint import atomic_write_bytes
 
     tok = ImageTokenizer.from_pretrained(args.model)
     files = _image_files(args.inputs)

@@ -28,13 +28,13 @@ import torch
 from torch import Tensor, nn
 
 from tessera.config import ConfigError, _yaml_load, from_dict, parse_overrides, to_dict
+from tessera.io import atomic_write_json
 from tessera.recipes.tokenizer_data import DataConfig, load_split
 from tessera.tokenizer import ImageTokenizer, TokenizerConfig, VideoTokenizer
 from tessera.tokenizer.config import PRESETS
 from tessera.tokenizer.losses import LossConfig, TokenizerObjective
 from tessera.tokenizer.metrics import evaluate_tokenizer, resolve_fid_network, save_reconstruction_grid
 from tessera.train import EpochSampler, FitResult, OptimConfig, Task, TrainConfig, fit, seed_everything
-from tessera.train.checkpoint import atomic_write_json
 from tessera.train.optim import default_param_groups
 
 __all__ = ["EvalConfig", "TokenizerTrainConfig", "load_train_config", "build_task", "train", "evaluate_run"]

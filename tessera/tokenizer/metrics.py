@@ -21,6 +21,7 @@ Definitions (rotation-trick paper, App. A.4, and `docs/results/rotation_study.md
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from tessera.io import atomic_write_bytes
 
 __all__ = [
     "mse",
@@ -323,11 +326,10 @@ def save_reconstruction_grid(
         for start in range(0, len(originals), ncol):
             rows += [originals[start : start + ncol], reconstructions[start : start + ncol]]
     grid = image_grid(rows, scale=scale)
+    buf = io.BytesIO()
+    Image.fromarray(grid).save(buf, format="PNG")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from tessera.config import ConfigError, from_dict, to_dict
+from tessera.io import atomic_write_bytes
 from tessera.quantize import VectorQuantizer
 from tessera.tokenizer.config import TokenizerConfig
 
@@ -173,7 +174,7 @@ class _Tokenizer(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
         # Weights first, config last: a folder with a config.json always has the weights that belong to it.
-        _atomic_write(folder / WEIGHTS_NAME, save(state, metadata={"format": "pt", "tessera": FORMAT}))
+        atomic_write_bytes(folder / WEIGHTS_NAME, save(state, metadata={"format": "pt", "tessera": FORMAT}))
         from tessera import __version__
 
         cfg = self.config
@@ -188,7 +189,7 @@ class _Tokenizer(nn.Module):
             "downsample_factor": cfg.downsample_factor,
             "tokens_per_image": cfg.tokens_per_image,
         }
-        _atomic_write(folder / CONFIG_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+        atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(meta, indent=2) + "\n").encode())
         return folder
 
     @classmethod
@@ -221,19 +222,6 @@ class _Tokenizer(nn.Module):
         except RuntimeError as exc:
             raise ValueError(f"{weights} does not match {folder / CONFIG_NAME}: {exc}") from exc
         return model.to(device).eval()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    # Temporary file in the same folder, fsync, rename (models do not import tessera.train, which has the same helper).
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _resolve_folder(path: Path) -> Path:

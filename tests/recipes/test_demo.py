@@ -21,7 +21,7 @@ def test_html_report_is_self_contained(tmp_path):
 
 @pytest.mark.integration
 def test_demo_writes_a_report_with_both_estimators(tmp_path, capsys):
-    results = run_demo(quick=True, steps=3, num_val=32, num_train=128, out_dir=tmp_path)
+    results = run_demo(quick=True, steps=3, num_val=32, num_train=128, out_dir=tmp_path, source="skimage")
     assert [r.estimator for r in results] == ["ste", "rotation"]
     out = capsys.readouterr().out
     assert "val MSE" in out and "usage" in out and "quant. err" in out  # the issue-2 table

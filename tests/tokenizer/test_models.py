@@ -138,4 +138,4 @@ def test_perceptual_loss_is_zero_for_identical_images_and_differentiable():
     y = torch.rand(2, 3, 16, 16, requires_grad=True)
     val = loss(y, x)
     val.backward()
-    assert float(val) > 0 and y.grad is not None and torch.isfinite(y.grad).all()
+    assert float(val.detach()) > 0 and y.grad is not None and torch.isfinite(y.grad).all()
