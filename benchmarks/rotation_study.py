@@ -591,7 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "profile": args.profile,
         "profile_settings": PROFILES[args.profile],
-        "command": "python benchmarks/rotation_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": (
+            f"python benchmarks/rotation_study.py --profile {args.profile}"
+            + (f" --rows {args.rows}" if args.rows else "")
+            + ("` (tables regenerated from its run folder with `--report-only`" if args.report_only else "")
+        ),
         "image_source": img_src,
         "image_source_note": "the embedded set of real photographs from tessera.data" if img_src == "embedded"
         else "crops of the photographs bundled with scikit-image; tessera.data's embedded set was not available",
