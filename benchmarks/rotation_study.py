@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": (
             f"python benchmarks/rotation_study.py --profile {args.profile}"
             + (f" --rows {args.rows}" if args.rows else "")
-            + ("` (tables regenerated from its run folder with `--report-only" if args.report_only else "")
+            + ("`; tables regenerated from its run folder with `--report-only" if args.report_only else "")
         ),
         "image_source": img_src,
         "image_source_note": "the embedded set of real photographs from tessera.data" if img_src == "embedded"
