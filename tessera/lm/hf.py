@@ -86,10 +86,14 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> DecoderCon
     )
     if mtype == "gemma":
         return DecoderConfig(**common, mlp_activation=_activation(hf.get("hidden_act", "gelu_pytorch_tanh"), where))
+    # Missing fields take transformers 4.x's constructor defaults for that model type.
+    g2 = mtype == "gemma2"
+    if "rope_theta" not in hf and not g2:
+        common["rope_theta"] = 1_000_000.0
     n = common["num_layers"]
     if hf.get("layer_types"):
         layer_types = _pattern(list(hf["layer_types"]), where)
-    elif mtype == "gemma2":  # older configs: even layers local
+    elif g2:  # older configs: even layers local
         layer_types = ("local", "global")
     else:
         period = hf.get("sliding_window_pattern", 6)
@@ -97,14 +101,14 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> DecoderCon
     extra = dict(
         mlp_activation=_activation(hf.get("hidden_activation") or "gelu_pytorch_tanh", where),
         layer_types=layer_types,
-        sliding_window=hf.get("sliding_window") if "local" in layer_types else None,
+        sliding_window=hf.get("sliding_window", 4096) if "local" in layer_types else None,
         post_norms=True,
-        attn_softcap=hf.get("attn_logit_softcapping"),
-        final_softcap=hf.get("final_logit_softcapping"),
-        query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar") or common["head_dim"]),
+        attn_softcap=hf.get("attn_logit_softcapping", 50.0 if g2 else None),
+        final_softcap=hf.get("final_logit_softcapping", 30.0 if g2 else None),
+        query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
     )
     if mtype == "gemma3_text":
-        extra.update(qk_norm=True, rope_local_theta=float(hf.get("rope_local_base_freq", 10_000.0)))
+        extra.update(qk_norm=True, rope_local_theta=float(hf.get("rope_local_base_freq") or 10_000.0))
     return DecoderConfig(**common, **extra)
 
 

@@ -203,6 +203,27 @@ def _softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     return x if cap is None else cap * torch.tanh(x / cap)
 
 
+class _FusedWeight:
+    """Concatenated weights of several linears for inference, rebuilt whenever one of them changes.
+
+    Decoding small models on CPU is bound by the number of kernel launches, so q/k/v (and gate/up) run as one
+    matmul when no gradient is needed. The parameters stay separate (checkpoint names match Gemma's); a change is
+    detected from each tensor's identity and version counter (optimiser steps and load_state_dict bump it).
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple = ()
+        self.weight: torch.Tensor | None = None
+
+    def get(self, *linears: nn.Linear) -> torch.Tensor:
+        key = tuple((id(m.weight), m.weight._version, m.weight.dtype, m.weight.device) for m in linears)
+        if key != self.key or self.weight is None:
+            with torch.no_grad():
+                self.weight = torch.cat([m.weight for m in linears], dim=0)
+            self.key = key
+        return self.weight
+
+
 class MLP(nn.Module):
     """GeGLU: down(gelu_tanh(gate(x)) * up(x)), no biases."""
 
@@ -213,8 +234,14 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
+        self._fused = _FusedWeight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate=self.approximate) * self.up_proj(x))
+        if torch.is_grad_enabled():
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = F.linear(x, self._fused.get(self.gate_proj, self.up_proj)).chunk(2, dim=-1)
+        return self.down_proj(F.gelu(gate, approximate=self.approximate) * up)
 
 
 class _Mask(NamedTuple):
@@ -242,6 +269,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
         else:
             self.q_norm = self.k_norm = None
+        self._fused = _FusedWeight()
 
     def forward(
         self,
@@ -252,13 +280,22 @@ class Attention(nn.Module):
         new_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, E)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, N, T, E)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, N, T, E)
+        H, N, E = self.num_heads, self.num_kv_heads, self.head_dim
+        if torch.is_grad_enabled():
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = F.linear(x, self._fused.get(self.q_proj, self.k_proj, self.v_proj)).split([H * E, N * E, N * E], -1)
+        q = q.view(B, T, H, E).transpose(1, 2)  # (B, H, T, E)
+        k = k.view(B, T, N, E).transpose(1, 2)  # (B, N, T, E)
+        v = v.view(B, T, N, E).transpose(1, 2)  # (B, N, T, E)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if T == 1:  # one rotation for queries and keys together: fewer small kernels while decoding
+            qk = apply_rope(torch.cat([q, k], dim=1), cos, sin)  # (B, H + N, 1, E)
+            q, k = qk[:, :H], qk[:, H:]
+        else:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, new_pos)  # (B, N, S, E): the keys this chunk attends to
         if self.softcap is not None:

@@ -60,7 +60,7 @@ def to_image_tensor(image: Any) -> torch.Tensor:
             image = np.repeat(image[..., None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
             raise ValueError(f"image array must be (H, W, C) with C in 1/3/4, got shape {image.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(image[..., :3] if image.shape[2] != 1 else np.repeat(image, 3, 2)))
+        t = torch.from_numpy(np.array(image[..., :3] if image.shape[2] != 1 else np.repeat(image, 3, 2)))  # a copy: PIL arrays are read-only
         t = t.permute(2, 0, 1)
         image = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
     if not isinstance(image, torch.Tensor):

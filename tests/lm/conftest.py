@@ -26,9 +26,9 @@ class PaletteConfig:
 
 
 class PaletteTokenizer(torch.nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, grid_size: int = 8) -> None:
         super().__init__()
-        self.config = PaletteConfig()
+        self.config = PaletteConfig(grid_size=grid_size)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         f = self.config.image_size // self.config.grid_size
