@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "tessera.recipes.data_cli",
     "tessera.recipes.tokenizer_cli",
     "tessera.recipes.icl_cli",
+    "tessera.recipes.features_cli",
     "tessera.recipes.lm_cli",
     "tessera.recipes.serve_cli",
 )

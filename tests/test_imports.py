@@ -14,6 +14,7 @@ FORBIDDEN = {
     "data": {"train", "recipes", "cli", "serve"},
     "train": {"recipes", "cli", "serve"} | (MODELS - {"quantize", "layers"}),
     "config": {"*"},
+    "io": {"*"},
     "paths": {"*"},
 }
 
