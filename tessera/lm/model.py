@@ -277,7 +277,6 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: _Mask,
         cache: _LayerCache | None = None,
-        new_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         H, N, E = self.num_heads, self.num_kv_heads, self.head_dim
@@ -297,7 +296,7 @@ class Attention(nn.Module):
         else:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(k, v, new_pos)  # (B, N, S, E): the keys this chunk attends to
+            k, v = cache.update(k, v)  # (B, N, S, E): the keys this chunk attends to
         if self.softcap is not None:
             out = self._eager(q, k, v, mask)
         elif T == 1 and mask.mask is None and not mask.is_causal:
@@ -349,8 +348,8 @@ class DecoderLayer(nn.Module):
         else:
             self.post_attention_layernorm = self.post_feedforward_layernorm = None
 
-    def forward(self, x, rope, mask, cache=None, new_pos=None) -> torch.Tensor:
-        h = self.self_attn(self.input_layernorm(x), rope, mask, cache, new_pos)
+    def forward(self, x, rope, mask, cache=None) -> torch.Tensor:
+        h = self.self_attn(self.input_layernorm(x), rope, mask, cache)
         if self.post_attention_layernorm is not None:
             h = self.post_attention_layernorm(h)
         x = x + h
@@ -361,51 +360,60 @@ class DecoderLayer(nn.Module):
 
 
 # -- KV cache --------------------------------------------------------------------------------------------------------
-class _LayerCache:
-    """Keys/values of one layer. Global: slot = running index. Local: ring of `window` slots (slot = index % window).
+class _Slots:
+    """Slot bookkeeping shared by every layer of one attention type (all global layers, or all local layers).
 
-    Each slot remembers the RoPE position of its key (-1: empty or padding), so the attention mask is one rule for all
-    cases: key position valid, not after the query, and (local layers) fewer than `window` positions before it.
+    Global: slot = running token index. Local: a ring of `window` slots (slot = index % window). Each slot remembers
+    the RoPE position of its key (-1: empty or padding), so the attention mask is one rule for all cases: the key is
+    a real token, not after the query, and (local layers) fewer than `window` positions before it.
     """
 
-    def __init__(self, batch: int, kv_heads: int, head_dim: int, slots: int, ring: bool, dtype, device) -> None:
-        self.k = torch.zeros(batch, kv_heads, slots, head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
-        self.pos = torch.full((batch, slots), -1, dtype=torch.long, device=device)
+    def __init__(self, batch: int, size: int, ring: bool, device) -> None:
+        self.pos = torch.full((batch, size), -1, dtype=torch.long, device=device)
+        self.size = size
         self.ring = ring
-        self.slots = slots
         self.offset = 0  # tokens written so far (padding included)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the chunk (k, v: (B, N, T, E); pos: (B, T), -1 for padding); return the keys/values it attends to."""
-        T = k.shape[2]
+    def advance(self, pos: torch.Tensor) -> tuple[tuple, torch.Tensor]:
+        """Reserve slots for a chunk with positions `pos` (B, T); returns (write plan, key positions (B, S))."""
+        T = pos.shape[1]
         start = self.offset
-        self.offset += T
         if not self.ring:
-            if self.offset > self.slots:
-                raise ValueError(f"KV cache is full: {self.offset} tokens > capacity {self.slots}")
-            self.k[:, :, start : self.offset] = k
-            self.v[:, :, start : self.offset] = v
-            self.pos[:, start : self.offset] = pos
-            return self.k[:, :, : self.offset], self.v[:, :, : self.offset]
-        # Ring: attend to the old ring contents plus the whole new chunk, then keep only the newest `slots` entries.
-        keys = torch.cat([self.k, k], dim=2)  # (B, N, slots + T, E)
+            if start + T > self.size:
+                raise ValueError(f"KV cache is full: {start + T} tokens > capacity {self.size}")
+            self.pos[:, start : start + T] = pos
+            self.offset += T
+            return ("flat", start, start + T), self.pos[:, : start + T]
+        key_pos = torch.cat([self.pos, pos], dim=1)  # old ring contents + the whole chunk, before overwriting
+        keep = min(T, self.size)
+        idx = torch.arange(start + T - keep, start + T, device=pos.device) % self.size
+        self.pos[:, idx] = pos[:, T - keep :]
+        self.offset += T
+        return ("ring", idx, keep), key_pos
+
+
+class _LayerCache:
+    """Keys and values of one layer, written where its type's `_Slots` plan says."""
+
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, slots: int, dtype, device) -> None:
+        self.k = torch.zeros(batch, kv_heads, slots, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.plan: tuple = ()
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the chunk (k, v: (B, N, T, E)) per the current plan; return the keys/values it attends to."""
+        if self.plan[0] == "flat":
+            _, start, end = self.plan
+            self.k[:, :, start:end] = k
+            self.v[:, :, start:end] = v
+            return self.k[:, :, :end], self.v[:, :, :end]
+        _, idx, keep = self.plan
+        keys = torch.cat([self.k, k], dim=2)  # (B, N, slots + T, E): attend to the old ring plus the chunk
         values = torch.cat([self.v, v], dim=2)
-        keep = min(T, self.slots)
-        idx = torch.arange(self.offset - keep, self.offset, device=k.device) % self.slots
+        T = k.shape[2]
         self.k[:, :, idx] = k[:, :, T - keep :]
         self.v[:, :, idx] = v[:, :, T - keep :]
-        self.pos[:, idx] = pos[:, T - keep :]
         return keys, values
-
-    def key_positions_for(self, T: int, pos: torch.Tensor) -> torch.Tensor:
-        """Positions (B, S) of the keys a chunk of T new tokens with positions `pos` will attend to (before update)."""
-        if not self.ring:
-            return torch.cat([self.pos[:, : self.offset], pos], dim=1)
-        return torch.cat([self.pos, pos], dim=1)
-
-    def reorder(self, index: torch.Tensor) -> None:
-        self.k, self.v, self.pos = self.k[index], self.v[index], self.pos[index]
 
 
 class KVCache:
@@ -422,11 +430,15 @@ class KVCache:
         if capacity > cfg.max_seq_len:
             raise ValueError(f"KV cache capacity {capacity} exceeds the model's max_seq_len {cfg.max_seq_len}")
         self.capacity = capacity
+        self.slots: dict[str, _Slots] = {}
         self.layers: list[_LayerCache] = []
         for i in range(cfg.num_layers):
-            local = cfg.layer_type(i) == "local"
-            slots = min(cfg.sliding_window, capacity) if local else capacity  # type: ignore[type-var]
-            self.layers.append(_LayerCache(batch_size, cfg.num_kv_heads, cfg.head_dim, slots, local and slots < capacity, dtype, device))
+            kind = cfg.layer_type(i)
+            if kind not in self.slots:
+                size = min(cfg.sliding_window, capacity) if kind == "local" else capacity  # type: ignore[type-var]
+                self.slots[kind] = _Slots(batch_size, size, kind == "local" and size < capacity, device)
+            self.layers.append(_LayerCache(batch_size, cfg.num_kv_heads, cfg.head_dim, self.slots[kind].size, dtype, device))
+        self.kinds = [cfg.layer_type(i) for i in range(cfg.num_layers)]
         # Next RoPE position of each row (padding does not advance it).
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.has_padding = False  # any padding written so far (then every step needs an explicit mask)
@@ -434,12 +446,26 @@ class KVCache:
     @property
     def length(self) -> int:
         """Tokens written so far (padding included)."""
-        return self.layers[0].offset if self.layers else 0
+        return next(iter(self.slots.values())).offset if self.slots else 0
+
+    def advance(self, pos: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Reserve slots for a chunk (each layer type once) and give every layer its write plan.
+
+        Returns the positions (B, S) of the keys the chunk attends to, per layer type.
+        """
+        key_pos, plans = {}, {}
+        for kind, slots in self.slots.items():
+            plans[kind], key_pos[kind] = slots.advance(pos)
+        for kind, layer in zip(self.kinds, self.layers):
+            layer.plan = plans[kind]
+        return key_pos
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep/reorder batch rows (e.g. to drop finished sequences)."""
         for layer in self.layers:
-            layer.reorder(index)
+            layer.k, layer.v = layer.k[index], layer.v[index]
+        for slots in self.slots.values():
+            slots.pos = slots.pos[index]
         self.next_pos = self.next_pos[index]
 
 
@@ -643,13 +669,16 @@ class Decoder(nn.Module):
         ropes = {"global": rope_tables(pos, self.inv_freq_global, h.dtype)}
         if cfg.has_local_layers:
             ropes["local"] = rope_tables(pos, self.inv_freq_local, h.dtype)
-        masks = {
-            kind: self._mask(kind, pos, key_pos_new, valid, segment_ids, cache, T)
-            for kind in {cfg.layer_type(i) for i in range(cfg.num_layers)}
-        }
+        kinds = {cfg.layer_type(i) for i in range(cfg.num_layers)}
+        if cache is None:
+            masks = {kind: self._mask(kind, pos, valid, segment_ids, T) for kind in kinds}
+        else:
+            fast = T == 1 and valid is None and not cache.has_padding  # judged before this chunk is written
+            key_pos = cache.advance(key_pos_new)
+            masks = {kind: self._cached_mask(kind, pos, key_pos[kind], valid, cache, fast) for kind in kinds}
         for i, layer in enumerate(self.layers):
             kind = layer.layer_type
-            h = layer(h, ropes[kind], masks[kind], None if cache is None else cache.layers[i], key_pos_new)
+            h = layer(h, ropes[kind], masks[kind], None if cache is None else cache.layers[i])
         if cache is not None:
             cache.next_pos = cache.next_pos + (T if valid is None else valid.long().sum(1))
             cache.has_padding = cache.has_padding or (valid is not None and not bool(valid.all()))
@@ -662,32 +691,33 @@ class Decoder(nn.Module):
         """Output logits (..., V) of final-normed hidden states (..., D), soft-capped when configured."""
         return _softcap(F.linear(hidden, self.output_weight()), self.cfg.final_softcap)
 
-    def _mask(self, kind, q_pos, k_pos_new, valid, segment_ids, cache: KVCache | None, T: int) -> _Mask:
-        """The attention rule for one layer type, as cheap as the inputs allow."""
+    def _mask(self, kind, q_pos, valid, segment_ids, T: int) -> _Mask:
+        """The attention rule for one layer type without a cache, as cheap as the inputs allow."""
         window = self.cfg.sliding_window if kind == "local" else None
-        if cache is None:
-            if valid is None and segment_ids is None and (window is None or window >= T):
-                return _Mask(None, T > 1)  # plain causal: SDPA's fast path
-            # Real tokens are contiguous within a row and within a document, so index differences equal position
-            # differences and one (T, T) band serves every row; only documents and padding need (B, T, T).
-            idx = torch.arange(T, device=q_pos.device)
-            diff = idx[:, None] - idx[None, :]  # (T, T) query index - key index
-            band = diff >= 0
-            if window is not None:
-                band &= diff < window
-            allowed = band.expand(q_pos.shape[0], T, T)
-            if segment_ids is not None:
-                allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
-            if valid is not None:
-                allowed = _keep_rows(allowed & valid[:, None, :], valid)
-            return _Mask(allowed[:, None], False)
-        layer = cache.layers[next(i for i in range(self.cfg.num_layers) if self.cfg.layer_type(i) == kind)]
-        if T == 1 and valid is None and not cache.has_padding and not layer.ring:
+        if valid is None and segment_ids is None and (window is None or window >= T):
+            return _Mask(None, T > 1)  # plain causal: SDPA's fast path
+        # Real tokens are contiguous within a row and within a document, so index differences equal position
+        # differences and one (T, T) band serves every row; only documents and padding need (B, T, T).
+        idx = torch.arange(T, device=q_pos.device)
+        diff = idx[:, None] - idx[None, :]  # (T, T) query index - key index
+        band = diff >= 0
+        if window is not None:
+            band &= diff < window
+        allowed = band.expand(q_pos.shape[0], T, T)
+        if segment_ids is not None:
+            allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        if valid is not None:
+            allowed = _keep_rows(allowed & valid[:, None, :], valid)
+        return _Mask(allowed[:, None], False)
+
+    def _cached_mask(self, kind, q_pos, k_pos, valid, cache: KVCache, fast: bool) -> _Mask:
+        """The rule for a chunk continuing a cache; `k_pos` (B, S) are the positions of the keys it attends to."""
+        window = self.cfg.sliding_window if kind == "local" else None
+        slots = cache.slots[kind]
+        if fast and not slots.ring and (window is None or slots.offset <= window):
             # One new token and no padding anywhere: it may see every cached key (all are earlier and, for a local
             # layer that is not a ring, the whole cache fits in the window).
-            if window is None or layer.offset + 1 <= window:
-                return _Mask(None, False)
-        k_pos = layer.key_positions_for(T, k_pos_new)  # (B, S)
+            return _Mask(None, False)
         allowed = _allowed(q_pos, k_pos, window)
         return _Mask(_keep_rows(allowed, valid)[:, None], False)
 

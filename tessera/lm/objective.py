@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from tessera.lm.model import Decoder
 
@@ -78,12 +77,13 @@ def lm_loss(
     hidden = out.hidden[valid]  # (M, D): project only positions with a target (padding costs nothing)
     logits = model.logits(hidden).float()  # (M, V)
     tgt = targets[valid]
-    ce = F.cross_entropy(logits, tgt, reduction="none")  # (M,)
+    # One log-sum-exp serves both the cross-entropy (lse - target logit) and the z-loss (lse^2).
+    lse = torch.logsumexp(logits, dim=-1)  # (M,)
+    ce = lse - logits.gather(-1, tgt[:, None]).squeeze(-1)  # (M,)
     modality = batch["modality"][valid]
     is_image = modality == IMAGE
     weights = torch.where(is_image, cfg.image_weight, cfg.text_weight).to(ce.dtype)
     loss = (weights * ce).sum()
-    lse = torch.logsumexp(logits, dim=-1)
     z_sum = lse.pow(2).sum()
     if cfg.z_loss > 0:
         loss = loss + cfg.z_loss * z_sum

@@ -42,10 +42,10 @@ class TokenizerSpec:
     """Which image tokenizer the decoder reads and writes."""
 
     path: str | None = None  # a trained tessera.tokenizer folder; None: train one on the corpus (cached)
-    preset: str = "vqvae-f4-k512"  # tessera.tokenizer preset used when training here (32x32 -> 8x8 codes)
-    steps: int = 3000  # training steps when training here
+    preset: str = "vqvae-f4-k512-32px"  # tessera.tokenizer preset used when training here (32x32 -> 8x8 codes)
+    steps: int = 1200  # training steps when training here
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     seed: int = 0
 
 
@@ -107,21 +107,27 @@ class LMTrainModule(nn.Module):
 
 
 # -- the image tokenizer ---------------------------------------------------------------------------------------------
-def ensure_image_tokenizer(spec: TokenizerSpec, data: CorpusConfig) -> tuple[Any, str]:
-    """Load or train (and cache) the image tokenizer; returns (tokenizer in eval mode, identity string for caches)."""
-    try:
-        from tessera.tokenizer import ImageTokenizer
-    except ImportError as exc:  # pragma: no cover - the tokenizer part ships with Tessera
-        raise RuntimeError(f"tessera.tokenizer is not available ({exc}); it is needed to tokenize images") from exc
+def ensure_image_tokenizer(spec: TokenizerSpec, data: CorpusConfig, progress: bool = True) -> tuple[Any, str]:
+    """Load or train (and cache) the image tokenizer; returns (tokenizer in eval mode, identity string for caches).
+
+    Trained here, the tokenizer sees only the corpus' train-split images (scenes without the held-out colour-shape
+    pairs, and train renders of the glyphs); its validation images are the test-split scenes. The cache folder is
+    keyed by the tokenizer settings and the corpus settings that shape those images.
+    """
+    from tessera.tokenizer import ImageTokenizer
+
     if spec.path is not None:
         folder = Path(spec.path)
         if not folder.is_dir():
             raise FileNotFoundError(f"tokenizer.path: no tokenizer folder at {folder}")
     else:
-        key = hashlib.sha256(repr((to_dict(spec), data.image_size, data.seed, data.train_scenes, "v1")).encode()).hexdigest()[:12]
-        folder = cache_dir("lm", "image_tokenizer", key)
-        if not any(folder.iterdir()):
-            _train_image_tokenizer(spec, data, folder)
+        shape = (data.image_size, data.seed, data.train_scenes, data.test_scenes, data.min_objects, data.max_objects,
+                 data.glyph_train_renders)
+        key = hashlib.sha256(repr((to_dict(spec), shape, "v1")).encode()).hexdigest()[:12]
+        run = cache_dir("lm", "image_tokenizer", key)
+        folder = run / "final"
+        if not (folder / "config.json").is_file():
+            _train_image_tokenizer(spec, data, run, progress)
     tok = ImageTokenizer.from_pretrained(folder).eval()
     digest = hashlib.sha256()
     for f in sorted(folder.rglob("*")):
@@ -131,15 +137,44 @@ def ensure_image_tokenizer(spec: TokenizerSpec, data: CorpusConfig) -> tuple[Any
     return tok, digest.hexdigest()[:16]
 
 
-def _train_image_tokenizer(spec: TokenizerSpec, data: CorpusConfig, folder: Path) -> None:  # pragma: no cover - filled in with tessera.tokenizer
-    raise RuntimeError("training the image tokenizer needs tessera.tokenizer's recipe; pass tokenizer.path")
+def _train_image_tokenizer(spec: TokenizerSpec, data: CorpusConfig, run: Path, progress: bool) -> None:
+    """Train `spec.preset` with tessera.tokenizer's recipe on the corpus images (resumable: checkpoints in `run`)."""
+    from tessera.lm.corpus import _render_pools
+    from tessera.recipes.train_tokenizer import load_train_config
+    from tessera.recipes.train_tokenizer import train as train_tokenizer
+
+    pools = _render_pools(data)
+    as_items = lambda arr: torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # noqa: E731 - (N, H, W, C) -> (N, C, H, W)
+    train_items = torch.cat([as_items(pools[("scenes", "train")].images), as_items(pools[("glyphs", "train")].images)])
+    val_items = torch.cat([as_items(pools[("scenes", "test")].images), as_items(pools[("glyphs", "test")].images)])
+    cfg = load_train_config(None, [
+        f"preset={spec.preset}",
+        f"train.steps={spec.steps}",
+        f"train.seed={spec.seed}",
+        f"train.progress={str(progress).lower()}",
+        "train.tensorboard=false",
+        "train.eval_every=0",
+        f"train.checkpoint_every={max(1, spec.steps // 4)}",
+        f"data.batch_size={spec.batch_size}",
+        f"data.seed={spec.seed}",
+        "data.num_val=512",
+        f"optim.lr={spec.lr}",
+        "eval.frechet=none",
+        "eval.grid_images=16",
+    ])
+    if cfg.model.image_size != data.image_size:
+        raise ConfigError(f"tokenizer.preset {spec.preset!r} is for {cfg.model.image_size}px images, data.image_size is {data.image_size}")
+    _log.info("training the image tokenizer %s for %d steps on %d corpus images (cached in %s)", spec.preset, spec.steps,
+              len(train_items), run)
+    _, metrics = train_tokenizer(cfg, run, resume=True, data=(train_items, val_items))
+    _log.info("image tokenizer: %s", {k: v for k, v in metrics.items() if not k.startswith("_")})
 
 
 # -- putting it together ---------------------------------------------------------------------------------------------
 def prepare(cfg: LMRunConfig, image_tokenizer: Any = None) -> tuple[Processor, Corpus]:
     """The processor (vocabulary + image tokenizer) and the tokenized corpus of a run."""
     if image_tokenizer is None:
-        image_tokenizer, tok_id = ensure_image_tokenizer(cfg.tokenizer, cfg.data)
+        image_tokenizer, tok_id = ensure_image_tokenizer(cfg.tokenizer, cfg.data, progress=cfg.train.progress)
     else:
         tok_id = f"object-{type(image_tokenizer).__name__}"
     tok_cfg = getattr(image_tokenizer, "config", None)

@@ -113,7 +113,7 @@ def test_chunked_prefill_and_ring_buffer_match_full_forward():
         cache = model.new_cache(2, 23)
         parts = [model(x[:, a:b], cache=cache).logits for a, b in ((0, 9), (9, 10), (10, 17), (17, 23))]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
-    assert cache.layers[0].k.shape[2] == 4  # the local layer keeps a 4-slot ring, not 23 slots
+    assert cache.layers[0].k.shape[2] == 4 and cache.slots["local"].ring  # a 4-slot ring, not 23 slots
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(layer_types=("local",), sliding_window=3)], ids=["global", "local"])

@@ -46,6 +46,10 @@ def test_modality_weights_and_z_loss():
     with_z = lm_loss(model, batch, LossConfig(z_loss=1e-3))
     torch.testing.assert_close(with_z.loss, base.loss + 1e-3 * base.z_sum)
     assert int(base.count) == int((batch["targets"] != IGNORE).sum()) == int(base.n["text"] + base.n["image"])
+    with torch.no_grad():
+        logits = model(batch["input_ids"], segment_ids=batch["segment_ids"], attention_mask=batch["attention_mask"]).logits
+    ref = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE, reduction="sum")
+    torch.testing.assert_close(base.loss.detach(), ref, rtol=1e-5, atol=1e-3)
 
 
 class _Module(torch.nn.Module):
