@@ -306,10 +306,7 @@ class Attention(nn.Module):
             qf = q.reshape(B, self.num_kv_heads, G, self.head_dim)  # (B, N, G, E): T == 1
             out = F.scaled_dot_product_attention(qf, k, v, scale=self.scale).reshape(B, self.num_heads, 1, self.head_dim)
         else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask.mask, is_causal=mask.is_causal, scale=self.scale,
-                enable_gqa=self.num_kv_heads != self.num_heads,
-            )  # (B, H, T, E)
+            out = _sdpa_gqa(q, k, v, mask, self.scale)  # (B, H, T, E)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
     def _eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: _Mask) -> torch.Tensor:
@@ -326,6 +323,18 @@ class Attention(nn.Module):
             scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         return torch.matmul(probs, v)
+
+
+def _sdpa_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: _Mask, scale: float) -> torch.Tensor:
+    """SDPA with fewer key/value heads than query heads (native `enable_gqa` on torch >= 2.5, else repeated heads)."""
+    H, N = q.shape[1], k.shape[1]
+    if H != N and not _HAS_ENABLE_GQA:
+        k, v = k.repeat_interleave(H // N, dim=1), v.repeat_interleave(H // N, dim=1)  # (B, H, S, E)
+    kwargs = {"enable_gqa": True} if H != N and _HAS_ENABLE_GQA else {}
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.mask, is_causal=mask.is_causal, scale=scale, **kwargs)
+
+
+_HAS_ENABLE_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 class DecoderLayer(nn.Module):

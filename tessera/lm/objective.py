@@ -24,10 +24,11 @@ import torch
 
 from tessera.lm.model import Decoder
 
-__all__ = ["LossConfig", "LossTerms", "lm_loss", "pack_documents", "IGNORE", "TEXT", "IMAGE"]
+__all__ = ["LossConfig", "LossTerms", "lm_loss", "pack_documents", "IGNORE", "TEXT", "IMAGE", "SKIP"]
 
 IGNORE = -100
 TEXT, IMAGE = 0, 1  # modality of a target token
+SKIP = -1  # a token that is never a target (placeholders of continuous image patches)
 
 
 @dataclass
@@ -97,18 +98,19 @@ def lm_loss(
 
 
 def pack_documents(
-    documents: Sequence[tuple[Sequence[int], Sequence[int]]],
+    documents: Sequence[tuple],
     seq_len: int,
     rows: int,
     pad_id: int = 0,
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """Pack documents (ids, per-token modality) into `rows` rows of `seq_len`, whole documents only, in order.
+    """Pack documents (ids, per-token modality[, patches]) into `rows` rows of `seq_len`, whole documents, in order.
 
     A document that does not fit in the rest of the current row starts the next row; packing ends when the rows
-    are full (the remaining documents are not used).
+    are full (the remaining documents are not used). Tokens whose modality is SKIP are never targets. Patches of
+    the packed documents are concatenated in packing order (the order of their `<patch>` placeholders).
 
     Returns:
-        (batch dict with input_ids, targets, modality, segment_ids, attention_mask, the number of documents used).
+        (batch dict with input_ids, targets, modality, segment_ids, attention_mask [, patches], documents used).
 
     Raises:
         ValueError: a document longer than `seq_len`.
@@ -118,7 +120,9 @@ def pack_documents(
     modality = torch.zeros((rows, seq_len), dtype=torch.long)
     segment_ids = torch.full((rows, seq_len), -1, dtype=torch.long)
     row, col, used = 0, 0, 0
-    for d, (ids, mods) in enumerate(documents):
+    patches: list[torch.Tensor] = []
+    for d, doc in enumerate(documents):
+        ids, mods = doc[0], doc[1]
         n = len(ids)
         if n > seq_len:
             raise ValueError(f"document {d} has {n} tokens, more than seq_len={seq_len}")
@@ -129,10 +133,13 @@ def pack_documents(
             if row >= rows:
                 break
         t = torch.as_tensor(ids, dtype=torch.long)
+        m = torch.as_tensor(mods, dtype=torch.long)[1:]
         input_ids[row, col : col + n] = t
-        targets[row, col : col + n - 1] = t[1:]
-        modality[row, col : col + n - 1] = torch.as_tensor(mods, dtype=torch.long)[1:]
+        targets[row, col : col + n - 1] = t[1:].masked_fill(m == SKIP, IGNORE)
+        modality[row, col : col + n - 1] = m.clamp_min(0)
         segment_ids[row, col : col + n] = d
+        if len(doc) > 2 and doc[2] is not None:
+            patches.append(doc[2])
         col += n
         used += 1
     batch = {
@@ -142,4 +149,6 @@ def pack_documents(
         "segment_ids": segment_ids,
         "attention_mask": segment_ids >= 0,
     }
+    if patches:
+        batch["patches"] = torch.cat(patches)
     return batch, used

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from tessera.lm.vocab import Vocabulary
 
-__all__ = ["Processor", "Encoding", "ImageLike", "to_image_tensor"]
+__all__ = ["Processor", "Encoding", "ImageLike", "to_image_tensor", "patch_block"]
 
 ImageLike = Union[torch.Tensor, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 _SPECIAL_RE = re.compile(r"<(?:[A-Za-z_][A-Za-z0-9_]*)>")
@@ -184,23 +184,9 @@ class Processor:
 
     def patch_block(self, image: ImageLike) -> tuple[list[int], torch.Tensor]:
         """Ids and flattened pixels (P, C*p*p) in [-1, 1] of one image in "patches" mode."""
-        p = self.patch_size
-        if p <= 0:
+        if self.patch_size <= 0:
             raise ValueError("patch input needs a Processor with patch_size > 0 (and a model with model.patch_size)")
-        img = to_image_tensor(image)
-        _, H, W = img.shape
-        scale = min(1.0, math.sqrt(self.max_patches / max(1.0, (H / p) * (W / p))))
-        rows = max(1, round(H * scale / p))
-        cols = max(1, round(W * scale / p))
-        while rows * cols > self.max_patches:  # rounding up can overshoot the cap
-            rows, cols = (rows - 1, cols) if rows >= cols else (rows, cols - 1)
-        img = F.interpolate(img[None], size=(rows * p, cols * p), mode="bilinear", antialias=True, align_corners=False)[0]
-        patches = img.reshape(3, rows, p, cols, p).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3 * p * p)  # (P, C*p*p)
-        ids = [self.vocab.boi_id]
-        for _ in range(rows):
-            ids += [self.vocab.patch_id] * cols + [self.vocab.patch_row_id]
-        ids.append(self.vocab.eoi_id)
-        return ids, patches.clamp(0, 1) * 2 - 1
+        return patch_block(self.vocab, to_image_tensor(image), self.patch_size, self.max_patches)
 
     def encode(
         self,
@@ -361,6 +347,28 @@ class Processor:
 
             image_tokenizer = ImageTokenizer.from_pretrained(folder / "image_tokenizer").eval()
         return cls(vocab, image_tokenizer, **settings)
+
+
+def patch_block(vocab: Vocabulary, image: torch.Tensor, p: int, max_patches: int = 256) -> tuple[list[int], torch.Tensor]:
+    """One image (3, H, W) in [0, 1] -> (ids, patches (P, C*p*p) in [-1, 1]) for continuous input.
+
+    The image is resized (aspect ratio kept, at most `max_patches` patches) to whole patches; ids are `<boi>`, then
+    per row `cols` x `<patch>` and a `<patch_row>`, then `<eoi>`.
+    """
+    _, H, W = image.shape
+    scale = min(1.0, math.sqrt(max_patches / max(1.0, (H / p) * (W / p))))
+    rows = max(1, round(H * scale / p))
+    cols = max(1, round(W * scale / p))
+    while rows * cols > max_patches:  # rounding up can overshoot the cap
+        rows, cols = (rows - 1, cols) if rows >= cols else (rows, cols - 1)
+    if (H, W) != (rows * p, cols * p):
+        image = F.interpolate(image[None], size=(rows * p, cols * p), mode="bilinear", antialias=True, align_corners=False)[0]
+    patches = image.reshape(3, rows, p, cols, p).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3 * p * p)  # (P, C*p*p)
+    ids = [vocab.boi_id]
+    for _ in range(rows):
+        ids += [vocab.patch_id] * cols + [vocab.patch_row_id]
+    ids.append(vocab.eoi_id)
+    return ids, patches.clamp(0, 1) * 2 - 1
 
 
 def _fit(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -59,6 +59,7 @@ class LMRunConfig:
     data: CorpusConfig = field(default_factory=CorpusConfig)
     seq_len: int = 512  # tokens per packed row
     batch_size: int = 16  # rows per micro-batch (all ranks)
+    patch_share: float = 0.0  # share of input images given as continuous patches (needs model.patch_size > 0)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, log_every=20, eval_every=200))
     optim: OptimConfig = field(
@@ -209,8 +210,11 @@ def train_lm(
     model = build_model(cfg, vocab)
     _log.info("decoder %s: %.2fM parameters (%.2fM without embeddings)", cfg.preset, model.num_parameters() / 1e6,
               model.num_parameters(True) / 1e6)
-    train_batches = PackedBatches(corpus, vocab, cfg.seq_len, cfg.batch_size, seed=cfg.data.seed, split="train")
-    eval_source = PackedBatches(corpus, vocab, cfg.seq_len, cfg.batch_size, seed=cfg.data.seed + 1, split="test")
+    if cfg.patch_share > 0 and model.cfg.patch_size <= 0:
+        raise ConfigError("patch_share > 0 needs model.patch_size > 0 (e.g. model={patch_size: 8})")
+    patches = dict(patch_size=model.cfg.patch_size, patch_share=cfg.patch_share)
+    train_batches = PackedBatches(corpus, vocab, cfg.seq_len, cfg.batch_size, seed=cfg.data.seed, split="train", **patches)
+    eval_source = PackedBatches(corpus, vocab, cfg.seq_len, cfg.batch_size, seed=cfg.data.seed + 1, split="test", **patches)
     eval_set = [eval_source(i) for i in range(cfg.eval_batches)]
 
     def evaluate(module: LMTrainModule, step: int) -> dict[str, float]:

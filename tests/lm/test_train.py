@@ -93,3 +93,29 @@ def test_cli_trains_the_debug_config_and_generates(tmp_path, monkeypatch, capsys
     assert "unknown special token '<foo>'" in capsys.readouterr().err
     assert main(["lm", "generate", "--checkpoint", str(final), "--prompt", "a " * 1100]) == 1
     assert "the model's context is 1024 tokens" in capsys.readouterr().err
+
+
+def test_training_with_continuous_patch_input(tmp_path, monkeypatch):
+    monkeypatch.setenv("TESSERA_CACHE", str(tmp_path / "cache"))
+    tok = PaletteTokenizer(grid_size=4)
+    cfg = LMRunConfig(
+        preset="debug", model={"patch_size": 8}, patch_share=1.0,
+        data=CorpusConfig(train_scenes=100, test_scenes=40, glyph_train_renders=1, glyph_test_renders=1,
+                          mixture={"caption": 1.0, "generate": 1.0}),
+        seq_len=128, batch_size=4, eval_batches=1,
+        train=TrainConfig(steps=3, log_every=1, eval_every=0, progress=False, device="cpu", tensorboard=False),
+        optim=OptimConfig(lr=1e-2, warmup_steps=0),
+    )
+    proc, corpus = prepare(cfg, tok)
+    from tessera.lm.data import PackedBatches
+    from tessera.lm.objective import IGNORE
+
+    batch = PackedBatches(corpus, proc.vocab, 128, 4, patch_size=8, patch_share=1.0)(0)
+    placeholders = batch["input_ids"] == proc.vocab.patch_id
+    assert int(placeholders.sum()) == batch["patches"].shape[0] > 0 and batch["patches"].shape[1] == 3 * 8 * 8
+    assert (batch["targets"][:, :-1][placeholders[:, 1:]] == IGNORE).all()  # a placeholder is never a target
+    drawn = batch["targets"] >= proc.vocab.image_offset  # images the model writes stay discrete codes
+    assert drawn.any()
+    train_lm(cfg, tmp_path / "run", image_tokenizer=tok)
+    model, _ = load_pretrained(tmp_path / "run" / "final", image_tokenizer=tok)
+    assert model.patch_proj.weight.abs().sum() > 0  # zero-initialised, then trained through the patches
