@@ -67,7 +67,7 @@ class CorpusConfig:
     min_objects: int = 1
     max_objects: int = 3
     glyph_train_renders: int = 8  # renders of every letter in the train pool
-    glyph_test_renders: int = 2
+    glyph_test_renders: int = 5  # >= shots + 1, so few-shot queries never repeat a support image
     seed: int = 0
     mixture: dict[str, float] = field(
         default_factory=lambda: {"caption": 0.2, "generate": 0.2, "vqa": 0.25, "glyph": 0.1, "episode": 0.15, "text": 0.1}
@@ -310,8 +310,13 @@ def sample_document(corpus: Corpus, rng: np.random.Generator, split: str = "trai
         lo, hi = cfg.episode_ways
         ways = int(rng.integers(lo, hi + 1))
         max_shots = max(1, (cfg.episode_max_images - 1) // ways)
-        shots = int(rng.integers(cfg.episode_shots[0], min(cfg.episode_shots[1], max_shots) + 1))
         source = "glyphs" if rng.random() < cfg.glyph_episode_share else "scenes"
+        if source == "glyphs":  # every glyph has only so many renders: supports + query must be distinct
+            renders = cfg.glyph_train_renders if split == "train" else cfg.glyph_test_renders
+            max_shots = min(max_shots, renders - 1)
+            if max_shots < cfg.episode_shots[0]:
+                source, max_shots = "scenes", max(1, (cfg.episode_max_images - 1) // ways)
+        shots = int(rng.integers(cfg.episode_shots[0], min(cfg.episode_shots[1], max_shots) + 1))
         return episode(corpus, rng, ways, shots, split, source=source)
     raise ValueError(f"unknown document kind {kind!r}; known: {list(DOCUMENT_KINDS)}")
 
@@ -369,7 +374,9 @@ def episode(
     query_class = int(rng.integers(ways))
     for ci, pool_idx in enumerate(members):
         need = shots + (ci == query_class)
-        picks = rng.choice(len(pool_idx), size=need, replace=len(pool_idx) < need)
+        if len(pool_idx) < need:
+            raise ValueError(f"episode needs {need} distinct images of a class but the {split} pool has {len(pool_idx)}")
+        picks = rng.choice(len(pool_idx), size=need, replace=False)
         examples.append([pool_idx[int(p)] for p in picks])
     query = examples[query_class].pop()
     support = [(ci, idx) for ci in range(ways) for idx in examples[ci]]

@@ -173,11 +173,27 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(dim))  # zero-init: the norm starts as a plain RMS normalisation
+        self._gain: tuple[tuple, torch.Tensor | None] = ((), None)
+
+    def gain(self) -> torch.Tensor:
+        """1 + weight in fp32; cached for inference (rebuilt when the weight changes)."""
+        if torch.is_grad_enabled():
+            return 1.0 + self.weight.float()
+        key = (id(self.weight), self.weight._version, self.weight.device)
+        if self._gain[0] != key:
+            with torch.no_grad():
+                self._gain = (key, 1.0 + self.weight.float())
+        return self._gain[1]  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
+        if _HAS_RMS_NORM:  # fused, and in fp32 bitwise equal to the explicit formula below
+            return F.rms_norm(xf, (xf.shape[-1],), self.gain(), self.eps).type_as(x)
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * (1.0 + self.weight.float())).type_as(x)
+        return (xf * self.gain()).type_as(x)
+
+
+_HAS_RMS_NORM = hasattr(F, "rms_norm")
 
 
 def _inv_freq(head_dim: int, theta: float) -> torch.Tensor:
@@ -505,6 +521,7 @@ class Decoder(nn.Module):
         self.patch_proj = None
         if cfg.patch_size > 0:
             self.patch_proj = nn.Linear(cfg.patch_channels * cfg.patch_size**2, cfg.embed_dim)
+        self._normaliser: torch.Tensor | None = None
         self.register_buffer("inv_freq_global", _inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
         self.register_buffer("inv_freq_local", _inv_freq(cfg.head_dim, cfg.rope_local_theta or cfg.rope_theta), persistent=False)
         self.reset_parameters()
@@ -602,7 +619,12 @@ class Decoder(nn.Module):
     def embed(self, input_ids: torch.Tensor, patches: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings scaled by sqrt(D) (normaliser in the activation dtype), with projected patches spliced in."""
         h = self.embed_tokens(input_ids)
-        h = h * torch.tensor(self.cfg.embed_dim**0.5, dtype=h.dtype)
+        scale = self._normaliser
+        if torch.is_grad_enabled() or scale is None or scale.dtype != h.dtype or scale.device != h.device:
+            scale = torch.tensor(self.cfg.embed_dim**0.5, dtype=h.dtype, device=h.device)  # cast to h's dtype first
+            if not torch.is_grad_enabled():  # cached for decoding (a tensor made under inference_mode must not
+                self._normaliser = scale  # reach autograd, so training always makes a fresh one)
+        h = h * scale
         if self.patch_token_id is None or self.patch_proj is None:
             if patches is not None:
                 raise ValueError("patches were given but this model has no patch projection (model.patch_size = 0)")
