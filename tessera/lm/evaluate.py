@@ -130,8 +130,12 @@ def generation_fidelity(
     batch_size: int = 25,
     seed: int = 0,
     temperature: float = 0.0,
+    top_k: int = 0,
 ) -> dict[str, float]:
-    """Draw images for `n` test captions and score them with the probe (with chance and ceiling lines)."""
+    """Draw images for `n` test captions and score them with the probe (with chance and ceiling lines).
+
+    Decoding is greedy by default; `temperature` > 0 samples (optionally from the `top_k` most likely codes).
+    """
     from tessera.lm.generate import SamplingConfig
     from tessera.lm.probe import probe_scores, scene_targets
 
@@ -147,7 +151,7 @@ def generation_fidelity(
         constraint = ModalityConstraint(processor.vocab, processor.image_tokens, force_image=True, stop_after_image=True)
         out = generate(model, batch["input_ids"], attention_mask=batch["attention_mask"],
                        max_new_tokens=processor.image_tokens + 2, stop_tokens=[processor.vocab.eos_id],
-                       constraint=constraint, sampling=SamplingConfig(temperature=temperature), generator=gen)
+                       constraint=constraint, sampling=SamplingConfig(temperature=temperature, top_k=top_k), generator=gen)
         h, w = processor.grid
         codes = processor.vocab.ids_to_codes(out.tokens[:, 1 : 1 + h * w]).reshape(len(chunk), h, w)
         images.append(processor.decode_codes(codes))

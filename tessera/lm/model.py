@@ -4,7 +4,8 @@ Axis legend: B batch, T new (query) positions, S key positions (cache + new), D 
 N key/value heads, G = H // N query heads per key/value head, E head_dim, F mlp_dim, V vocab_size,
 P image patches, C*p*p one flattened patch.
 
-What is in here, each traced to its source (see ../shared/docs/gemini-digest.md):
+What is in here, each traced to its source (Gemma 1/2/3 reports arXiv 2403.08295, 2408.00118, 2503.19786; Chameleon
+arXiv 2405.09818; PaliGemma arXiv 2407.07726; HF transformers' Gemma ports):
 - RMSNorm computed in fp32 and applied as (1 + w) with w initialised to zero (Gemma 1/2/3).
 - Rotate-half RoPE with tables computed in fp32 and cast to the activation dtype (HF Gemma, transformers #29285).
 - GeGLU MLP with tanh-approximated GELU, no biases (Gemma).
@@ -54,9 +55,10 @@ LayerType = Literal["global", "local"]
 # -- config --------------------------------------------------------------------------------------------------------
 @dataclass
 class DecoderConfig:
-    """Shape and features of a decoder. Defaults build the `nano` model."""
+    """Shape and features of a decoder. Defaults: the nano shape in the plain Gemma-1 layout (all-global attention, no
+    QK-norm); the `nano` preset adds QK-norm and local/global layers."""
 
-    vocab_size: int = 2624  # all token ids: text pieces, specials, image codes (see tessera.lm.vocab)
+    vocab_size: int = 2560  # all token ids: text pieces, specials, image codes (see tessera.lm.vocab)
     embed_dim: int = 128  # D, residual width
     num_layers: int = 4
     num_heads: int = 4  # H query heads
