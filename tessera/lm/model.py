@@ -175,17 +175,19 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(dim))  # zero-init: the norm starts as a plain RMS normalisation
-        self._gain: tuple[tuple, torch.Tensor | None] = ((), None)
+        self._gain: tuple[torch.Tensor | None, int, torch.Tensor | None] = (None, -1, None)
 
     def gain(self) -> torch.Tensor:
-        """1 + weight in fp32; cached for inference (rebuilt when the weight changes)."""
+        """1 + weight in fp32; cached for inference (rebuilt when the weight tensor or its version changes)."""
+        w = self.weight
         if torch.is_grad_enabled():
-            return 1.0 + self.weight.float()
-        key = (id(self.weight), self.weight._version, self.weight.device)
-        if self._gain[0] != key:
+            return 1.0 + w.float()
+        source, version, gain = self._gain
+        if source is not w or version != w._version or gain is None or gain.device != w.device:
             with torch.no_grad():
-                self._gain = (key, 1.0 + self.weight.float())
-        return self._gain[1]  # type: ignore[return-value]
+                gain = 1.0 + w.float()
+            self._gain = (w, w._version, gain)
+        return gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
@@ -230,15 +232,25 @@ class _FusedWeight:
     """
 
     def __init__(self) -> None:
-        self.key: tuple = ()
+        self.sources: tuple[torch.Tensor, ...] = ()
+        self.versions: tuple[int, ...] = ()
         self.weight: torch.Tensor | None = None
 
-    def get(self, *linears: nn.Linear) -> torch.Tensor:
-        key = tuple((id(m.weight), m.weight._version, m.weight.dtype, m.weight.device) for m in linears)
-        if key != self.key or self.weight is None:
+    def get(self, *weights: torch.Tensor) -> torch.Tensor:
+        # Same tensor objects at the same versions: nothing changed (.to() and load_state_dict(assign=True) make new
+        # tensors; in-place updates bump the version). Kept cheap: this runs for every layer of every decoding step.
+        if (
+            self.weight is None
+            or len(weights) != len(self.sources)
+            or any(w is not s for w, s in zip(weights, self.sources))
+            or tuple(w._version for w in weights) != self.versions
+            or self.weight.dtype != weights[0].dtype
+            or self.weight.device != weights[0].device
+        ):
             with torch.no_grad():
-                self.weight = torch.cat([m.weight for m in linears], dim=0)
-            self.key = key
+                self.weight = torch.cat(weights, dim=0)
+            self.sources = weights
+            self.versions = tuple(w._version for w in weights)
         return self.weight
 
 
@@ -258,7 +270,7 @@ class MLP(nn.Module):
         if torch.is_grad_enabled():
             gate, up = self.gate_proj(x), self.up_proj(x)
         else:
-            gate, up = F.linear(x, self._fused.get(self.gate_proj, self.up_proj)).chunk(2, dim=-1)
+            gate, up = F.linear(x, self._fused.get(self.gate_proj.weight, self.up_proj.weight)).chunk(2, dim=-1)
         return self.down_proj(F.gelu(gate, approximate=self.approximate) * up)
 
 
@@ -301,7 +313,7 @@ class Attention(nn.Module):
         if torch.is_grad_enabled():
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         else:
-            q, k, v = F.linear(x, self._fused.get(self.q_proj, self.k_proj, self.v_proj)).split([H * E, N * E, N * E], -1)
+            q, k, v = F.linear(x, self._fused.get(self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)).split([H * E, N * E, N * E], -1)
         q = q.view(B, T, H, E).transpose(1, 2)  # (B, H, T, E)
         k = k.view(B, T, N, E).transpose(1, 2)  # (B, N, T, E)
         v = v.view(B, T, N, E).transpose(1, 2)  # (B, N, T, E)

@@ -217,6 +217,10 @@ def test_inference_fast_path_matches_training_path():
         moved = model(x).logits
     torch.testing.assert_close(fused, train_logits.detach(), atol=1e-5, rtol=1e-5)
     assert torch.allclose(model(x).logits.detach(), moved, atol=1e-5, rtol=1e-5)
+    model.double()  # module.to() swaps parameter data in place: cached fused weights must follow
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, model.float()(x).logits.double(), atol=1e-5, rtol=1e-5)
+    model.float()
     generate(model, x[:, :4], max_new_tokens=3)  # caches built under inference_mode ...
     model(x).logits.sum().backward()  # ... never reach autograd
     assert all(p.grad is not None for p in model.parameters())
