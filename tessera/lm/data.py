@@ -1,0 +1,127 @@
+"""Corpus documents -> token ids, and the packed, deterministic batches the shared trainer consumes.
+
+Axis legend: B rows per micro-batch (all ranks), T tokens per row.
+
+`PackedBatches(step, micro, rank, world_size)` is a pure function: row g of micro-batch m of step s is filled from
+its own RNG stream seeded by (seed, s, m, g), so any world size sees the same global batch, resuming needs no
+iterator state, and the trainer's exact-resume guarantee holds.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from tessera.lm.corpus import Corpus, Document, ImageRef, sample_document
+from tessera.lm.objective import IMAGE, SKIP, TEXT, pack_documents
+from tessera.lm.processor import patch_block
+from tessera.lm.vocab import Vocabulary
+
+__all__ = ["DocumentEncoder", "PackedBatches"]
+
+
+class DocumentEncoder:
+    """Token ids and per-token modality of a corpus document, with image codes from the corpus' cache.
+
+    With `patch_size > 0` and `patch_share > 0`, each *input* image (one that is not the document's last segment,
+    i.e. not an image the model must write) is given as continuous pixel patches instead of codes with probability
+    `patch_share`; its placeholders are never targets.
+    """
+
+    def __init__(self, corpus: Corpus, vocab: Vocabulary, patch_size: int = 0, patch_share: float = 0.0) -> None:
+        if patch_share > 0 and patch_size <= 0:
+            raise ValueError("patch_share > 0 needs a model with patch_size > 0")
+        self.corpus = corpus
+        self.vocab = vocab
+        self.patch_size = patch_size
+        self.patch_share = patch_share
+        self._text = lru_cache(maxsize=65536)(vocab.encode_text)
+
+    def segment_ids(self, seg: str | ImageRef) -> list[int]:
+        if isinstance(seg, str):
+            return self._text(seg)
+        codes = torch.from_numpy(self.corpus.codes(seg).astype(np.int64)).reshape(-1)
+        return [self.vocab.boi_id, *self.vocab.codes_to_ids(codes).tolist(), self.vocab.eoi_id]
+
+    def __call__(self, doc: Document, *, bos: bool = True, eos: bool = True, rng: np.random.Generator | None = None):
+        """(ids, modality per token, patches (P, C*p*p) or None)."""
+        ids = [self.vocab.bos_id] if bos else []
+        mods: list[int] = [TEXT] if bos else []
+        patches = []
+        lo, hi = self.vocab.code_range("image")
+        for i, seg in enumerate(doc.segments):
+            is_input_image = isinstance(seg, ImageRef) and i < len(doc.segments) - 1
+            if is_input_image and self.patch_share > 0 and rng is not None and rng.random() < self.patch_share:
+                image = torch.from_numpy(self.corpus.image(seg)).permute(2, 0, 1).float() / 255.0  # (C, H, W)
+                block, pix = patch_block(self.vocab, image, self.patch_size)
+                ids += block
+                mods += [SKIP] * (len(block) - 1) + [TEXT]  # placeholders are never targets; <eoi> after them is
+                patches.append(pix)
+                continue
+            seg_ids = self.segment_ids(seg)
+            ids += seg_ids
+            mods += [IMAGE if lo <= t < hi else TEXT for t in seg_ids]
+        if eos:
+            ids.append(self.vocab.eos_id)
+            mods.append(TEXT)
+        return ids, mods, (torch.cat(patches) if patches else None)
+
+
+class PackedBatches:
+    """Batches of packed documents for `tessera.train.fit`.
+
+    Args:
+        corpus: a tokenized corpus.
+        vocab: the vocabulary.
+        seq_len: T.
+        batch_size: B, rows per micro-batch summed over ranks.
+        seed: data seed.
+        split: "train" or "test" pools.
+    """
+
+    def __init__(
+        self, corpus: Corpus, vocab: Vocabulary, seq_len: int, batch_size: int, seed: int = 0, split: str = "train",
+        *, patch_size: int = 0, patch_share: float = 0.0,
+    ) -> None:
+        if seq_len < 16 or batch_size < 1:
+            raise ValueError(f"need seq_len >= 16 and batch_size >= 1, got {seq_len}, {batch_size}")
+        self.encoder = DocumentEncoder(corpus, vocab, patch_size, patch_share)
+        self.corpus = corpus
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.seed = seed
+        self.split = split
+
+    def row(self, rng: np.random.Generator, max_misses: int = 4) -> list[tuple]:
+        """Documents for one row: drawn until `max_misses` draws in a row do not fit."""
+        docs, used, misses = [], 0, 0
+        while misses < max_misses:
+            doc = self.encoder(sample_document(self.corpus, rng, self.split), rng=rng)
+            if used + len(doc[0]) > self.seq_len:
+                misses += 1
+                continue
+            docs.append(doc)
+            used += len(doc[0])
+        return docs
+
+    def __call__(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+        if self.batch_size % world_size:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by the world size {world_size}")
+        per_rank = self.batch_size // world_size
+        rows = []
+        for i in range(per_rank):
+            g = rank * per_rank + i
+            rows.append(self.row(np.random.default_rng([self.seed, step, micro, g])))
+        parts = [pack_documents(docs, self.seq_len, 1)[0] for docs in rows]
+        batch = {k: torch.cat([p[k] for p in parts]) for k in ("input_ids", "targets", "modality", "segment_ids", "attention_mask")}
+        pix = [p["patches"] for p in parts if "patches" in p]
+        if pix:
+            batch["patches"] = torch.cat(pix)  # row-major order = the order of the <patch> placeholders in (B, T)
+        return batch
+
+    @staticmethod
+    def weight(batch: dict[str, torch.Tensor]) -> float:
+        """Target tokens in a batch: the trainer's `batch_weight`."""
+        return float((batch["targets"] != -100).sum())

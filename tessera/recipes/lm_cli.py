@@ -1,0 +1,251 @@
+"""`tessera lm <verb>`: train, generate, eval, presets, build-text-tokenizer.
+
+    tessera lm train     --config configs/lm/nano.yaml [a.b=c ...] [--resume] [--run-dir DIR]
+    tessera lm generate  --checkpoint DIR --prompt "caption:" [--image path ...] [--draw] [--out DIR]
+                         [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop TOKEN ...]
+    tessera lm eval      --checkpoint DIR [--quick] [--json FILE]
+    tessera lm presets
+    tessera lm build-text-tokenizer [--out FILE]
+
+In `--prompt`, each `<image>` marks where the next `--image` goes (without markers the images come first); special
+tokens such as `<boi>` or `<start_of_turn>` are recognised, unknown `<name>` tokens are an error. Text is printed as it
+is generated; every image the model writes is decoded by the image tokenizer and saved as PNG in `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("lm", help="train and use the multimodal decoders (nano/pro/ultra)")
+    sub = p.add_subparsers(dest="verb", metavar="<verb>")
+    p.set_defaults(handler=lambda args: p.print_help() or 2)
+
+    t = sub.add_parser("train", help="train a decoder from a YAML config")
+    t.add_argument("--config", required=True, help="YAML run file (configs/lm/*.yaml)")
+    t.add_argument("overrides", nargs="*", help="a.b=c overrides, e.g. train.steps=100 preset=pro")
+    t.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in the run folder")
+    t.add_argument("--run-dir", default=None, help="run folder (default runs/lm/<config name>)")
+    t.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    t.set_defaults(handler=_train)
+
+    g = sub.add_parser("generate", help="continue an interleaved text/image prompt")
+    g.add_argument("--checkpoint", required=True, help="model folder (e.g. runs/lm/nano/final)")
+    g.add_argument("--prompt", default="", help="text; <image> marks where each --image goes")
+    g.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    g.add_argument("--draw", action="store_true", help="answer with exactly one image (constrained decoding)")
+    g.add_argument("--no-images", action="store_true", help="never open an image block (text-only answer)")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", action="append", default=[], help="extra stop token, e.g. <end_of_turn> (repeatable)")
+    g.add_argument("--out", default="generated", help="folder for generated images (default ./generated)")
+    g.set_defaults(handler=_generate)
+
+    e = sub.add_parser("eval", help="caption, VQA, generation and few-shot metrics of a model folder")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--quick", action="store_true", help="fewer items (a minute or two)")
+    e.add_argument("--json", default=None, help="write the metrics here")
+    e.set_defaults(handler=_eval)
+
+    pr = sub.add_parser("presets", help="list decoder presets with their parameter counts")
+    pr.set_defaults(handler=_presets)
+
+    b = sub.add_parser("build-text-tokenizer", help="retrain the SentencePiece text model from the corpus generators")
+    b.add_argument("--out", default=None, help="output .model file (default: the packaged asset)")
+    b.set_defaults(handler=_build_text_tokenizer)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tessera.config import load_config
+    from tessera.paths import runs_dir
+    from tessera.recipes.train_lm import LMRunConfig, train_lm
+
+    cfg = load_config(LMRunConfig, args.config, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else runs_dir("lm", Path(args.config).stem)
+    print(f"lm: preset {cfg.preset}, {cfg.train.steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens; run folder {run_dir}")
+    result = train_lm(cfg, run_dir, resume=args.resume, stop_after=args.stop_after)
+    if result.step == cfg.train.steps:
+        print(f"eval: {json.dumps({k: round(v, 4) for k, v in result.eval_metrics.items()})}")
+        print(f"saved model to {run_dir / 'final'}")
+    else:
+        print(f"stopped at step {result.step}")
+    return 0
+
+
+def _prompt_items(prompt: str, image_paths: list[str]) -> list:
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for p in image_paths:
+        path = Path(p)
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        try:
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"cannot read image {path}: {exc}") from exc
+    parts = prompt.split("<image>")
+    if len(parts) - 1 not in (0, len(images)):
+        raise ValueError(f"the prompt has {len(parts) - 1} <image> markers but {len(images)} --image files were given")
+    if len(parts) == 1:
+        return [*images, prompt] if prompt else images
+    items: list = []
+    for i, text in enumerate(parts):
+        if text:
+            items.append(text)
+        if i < len(images):
+            items.append(images[i])
+    return items
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from tessera.lm.generate import ModalityConstraint, SamplingConfig, stream_generate
+    from tessera.lm.pretrained import load_pretrained
+
+    model, proc = load_pretrained(args.checkpoint)
+    vocab = proc.vocab
+    items = _prompt_items(args.prompt, args.image)
+    if not items:
+        raise ValueError("give a --prompt and/or --image")
+    enc = proc.encode(items, add_bos=True)
+    stops = [vocab.eos_id] + [vocab.token_id(s) for s in args.stop]
+    constraint = ModalityConstraint(vocab, proc.image_tokens, allow_images=not args.no_images, force_image=args.draw,
+                                    stop_after_image=args.draw)
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
+    out_dir = Path(args.out)
+    ids = torch.tensor([enc.ids])
+    text_buf: list[int] = []
+    printed = ""
+    block: list[int] | None = None
+    saved = 0
+    for token in stream_generate(model, ids, patches=enc.patches, max_new_tokens=args.max_new_tokens, sampling=sampling,
+                                 stop_tokens=stops, constraint=constraint, generator=torch.Generator().manual_seed(args.seed)):
+        t = int(token[0])
+        if t == vocab.boi_id and block is None:
+            block = []
+            continue
+        if block is not None:
+            if t == vocab.eoi_id:
+                image = proc.decode([vocab.boi_id, *block, vocab.eoi_id])[0]
+                if isinstance(image, torch.Tensor):
+                    path = _save_png(image, out_dir / f"image_{saved:03d}.png")
+                    saved += 1
+                    print(f"\n[image saved to {path}]", flush=True)
+                block = None
+            else:
+                block.append(t)
+            continue
+        if t in stops:
+            break
+        text_buf.append(t)
+        text = proc.decode(text_buf)
+        text = "".join(x for x in text if isinstance(x, str))
+        if not text.endswith("\ufffd") and text.startswith(printed):  # wait for whole UTF-8 characters
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+    if block is not None:
+        print(f"\n[incomplete image block of {len(block)} codes: max-new-tokens reached]")
+    print()
+    return 0
+
+
+def _save_png(image, path: Path) -> Path:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tessera.lm._io import atomic_write_bytes
+
+    arr = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tessera.config import from_dict
+    from tessera.lm.corpus import CorpusConfig, build_corpus
+    from tessera.lm.evaluate import caption_accuracy, fewshot_accuracy, vqa_accuracy
+    from tessera.lm.pretrained import load_pretrained
+    from tessera.paths import cache_dir
+
+    folder = Path(args.checkpoint)
+    model, proc = load_pretrained(folder)
+    run_cfg = folder.parent / "config.yaml"
+    data = CorpusConfig()
+    if run_cfg.is_file():  # a run's final/ folder: evaluate on the run's own corpus settings
+        import yaml
+
+        data = from_dict(CorpusConfig, yaml.safe_load(run_cfg.read_text())["data"], prefix="data")
+    corpus = build_corpus(data, proc.image_tokenizer, tokenizer_id=_tokenizer_digest(folder / "image_tokenizer"),
+                          cache=cache_dir("lm", "corpus"))
+    n = 60 if args.quick else 300
+    metrics = {
+        "caption": caption_accuracy(model, proc, corpus, n=n),
+        "vqa": vqa_accuracy(model, proc, corpus, n=n),
+        "fewshot": fewshot_accuracy(model, proc, corpus, episodes=n // 3 if args.quick else 100),
+    }
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.json:
+        from tessera.lm._io import atomic_write_json
+
+        atomic_write_json(args.json, metrics)
+    return 0
+
+
+def _tokenizer_digest(folder: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            digest.update(f.name.encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _presets(args: argparse.Namespace) -> int:
+    import torch
+
+    from tessera.lm.model import PRESETS, Decoder
+    from tessera.lm.vocab import Vocabulary
+
+    vocab_size = Vocabulary.default(512).size
+    print(f"{'preset':<12} {'layers':>6} {'d':>5} {'heads':>5} {'kv':>3} {'params':>14} {'non-embedding':>14}")
+    for name, cfg in PRESETS.items():
+        if not name.startswith("gemma"):
+            from dataclasses import replace
+
+            cfg = replace(cfg, vocab_size=vocab_size)
+        with torch.device("meta"):
+            m = Decoder(cfg)
+        print(f"{name:<12} {cfg.num_layers:>6} {cfg.embed_dim:>5} {cfg.num_heads:>5} {cfg.num_kv_heads:>3} "
+              f"{m.num_parameters():>14,} {m.num_parameters(True):>14,}")
+    return 0
+
+
+def _build_text_tokenizer(args: argparse.Namespace) -> int:
+    from tessera.lm.corpus import build_text_tokenizer
+    from tessera.lm.vocab import DEFAULT_TEXT_MODEL
+    from tessera.paths import package_asset
+
+    out = Path(args.out) if args.out else package_asset(*DEFAULT_TEXT_MODEL.split("/"))
+    record = build_text_tokenizer(out)
+    print(f"wrote {out} (sha256 {record['sha256'][:16]}..., sentencepiece {record['sentencepiece']})")
+    return 0
