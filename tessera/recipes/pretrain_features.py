@@ -77,8 +77,8 @@ class PretrainFeaturesConfig:
     model: FeatureModelSection = field(default_factory=FeatureModelSection)
     data: FeatureDataSection = field(default_factory=FeatureDataSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2500, log_every=25, eval_every=500, checkpoint_every=250))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, weight_decay=0.05, warmup_steps=150, min_lr_ratio=0.01, betas=(0.9, 0.999)))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, log_every=25, eval_every=400, checkpoint_every=100))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, weight_decay=0.05, warmup_steps=100, min_lr_ratio=0.01, betas=(0.9, 0.999)))
     batch_size: int = 128
     label_smoothing: float = 0.1
     channels_last: bool = True  # 2-3x faster convolutions on CPU
