@@ -56,6 +56,7 @@ class FeatureDataSection:
     datasets: list[str] = field(default_factory=lambda: list(BASE_DATASETS))  # suite datasets (base ones only)
     resolution: int = 32
     system: bool = True  # use Debian fonts/pictures (False: the reduced pip-only suite)
+    suite_overrides: dict[str, int] = field(default_factory=dict)  # other SuiteConfig fields (e.g. a small test suite)
     max_classes_per_dataset: int = 0  # 0: all train classes (the debug run uses a few)
     val_episodes: int = 200  # 5-way episodes per base dataset for the few-shot validation metric
 
@@ -132,7 +133,7 @@ def _augment(x: torch.Tensor, flip: torch.Tensor, cfg: AugmentSection, gen: torc
 
 def _pooled_training_set(cfg: PretrainFeaturesConfig):
     """Concatenate the train classes of the base datasets: (list of (dataset, local index)), labels, flip flags."""
-    suite_cfg = SuiteConfig(resolution=cfg.data.resolution, system=cfg.data.system)
+    suite_cfg = SuiteConfig(resolution=cfg.data.resolution, system=cfg.data.system, **cfg.data.suite_overrides)
     parts, offset = [], 0
     for name in cfg.data.datasets:
         ds = load_suite_dataset(name, "train", cfg=suite_cfg)

@@ -58,6 +58,7 @@ class DataSection:
     datasets: list[str] = field(default_factory=lambda: list(BASE_DATASETS))
     resolution: int = 32
     system: bool = True  # full suite (False: pip-only reduced suite)
+    suite_overrides: dict[str, int] = field(default_factory=dict)  # other SuiteConfig fields (e.g. a small test suite)
     max_classes_per_dataset: int = 0  # 0: all train classes
 
 
@@ -162,7 +163,7 @@ def run(cfg: TrainICLConfig, run_dir: str | Path | None = None, resume: bool = F
 
     run_dir = Path(run_dir) if run_dir is not None else runs_dir(cfg.run_name)
     torch.manual_seed(cfg.train.seed)
-    suite_cfg = SuiteConfig(resolution=cfg.data.resolution, system=cfg.data.system)
+    suite_cfg = SuiteConfig(resolution=cfg.data.resolution, system=cfg.data.system, **cfg.data.suite_overrides)
     ext = load_extractor(cfg.data.extractor)
     embedded = load_embedded_suite(ext, cfg.data.datasets, suite_cfg, progress=progress)
     train_sets, val_sets = [], []

@@ -211,3 +211,19 @@ class _nullcontext:
 
     def __exit__(self, *a):
         return False
+
+
+def test_tokenizer_encoder_adapter(tmp_path):
+    """The Tessera tokenizer's encoder as an extractor (pooled pre-quantisation latents); needs `tessera.tokenizer`."""
+    tok_mod = pytest.importorskip("tessera.tokenizer")
+    cfg_cls = getattr(tok_mod, "TokenizerConfig", None)
+    tok = tok_mod.ImageTokenizer(cfg_cls()) if cfg_cls is not None else tok_mod.ImageTokenizer.from_name("vqvae-debug")
+    tok.save_pretrained(tmp_path / "tok")
+    ext = load_extractor(f"tokenizer:{tmp_path / 'tok'}")
+    x = torch.rand(2, 3, 40, 50)
+    out = ext.embed(x)
+    assert out.shape == (2, ext.embed_dim)
+    z = tok.encode_latents(ext.preprocess(x))
+    torch.testing.assert_close(out, z.mean(dim=(2, 3)) if z.ndim == 4 else z.mean(dim=1))
+    assert ext.forward_features(torch.rand(1, 3, 32, 32))[0].ndim == 4
+    assert type(load_extractor(tmp_path / "tok")).__name__ == "TokenizerExtractor"
