@@ -143,7 +143,7 @@ class TesseraResNetExtractor(FeatureExtractor):
 
         Weights are stored in float16 to keep the committed asset small; they are loaded back as float32.
         """
-        from tessera.train.checkpoint import atomic_write_bytes
+        from tessera.io import atomic_write_bytes
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

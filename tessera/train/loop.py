@@ -20,6 +20,7 @@ the same gradient as one big batch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import random
@@ -59,6 +60,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     on_nonfinite: Literal["raise", "skip"] = "raise"  # what a NaN/Inf loss does: stop with an error, or skip the step
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # data parallelism under torchrun: DDP replicas or FSDP2 sharding
     progress: bool = True  # tqdm progress bar on rank 0
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
 
@@ -89,6 +91,8 @@ class Task:
         save_artifact: `(module, folder)`, called on rank 0 at the end (e.g. save_pretrained).
         progress_keys: metrics shown live in the progress bar.
         find_unused_parameters: passed to DDP when some parameters get no gradient on some steps.
+        fsdp_units: `(module) -> submodules` sharded one by one under FSDP (e.g. transformer blocks); the root is
+            always sharded last.
     """
 
     module: nn.Module
@@ -99,6 +103,7 @@ class Task:
     save_artifact: Callable[[nn.Module, Path], None] | None = None
     progress_keys: tuple[str, ...] = ("loss",)
     find_unused_parameters: bool = False
+    fsdp_units: Callable[[nn.Module], list[nn.Module]] | None = None
 
 
 @dataclass
@@ -126,30 +131,54 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
 
 
 # -- checkpoint (de)serialisation ------------------------------------------------------------------------------------
-def _optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
+def _state_dict_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
+
+
+def _full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model state on CPU (a collective under FSDP: every rank calls it; rank 0 gets the tensors)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(module, options=_state_dict_options())
+
+
+def _optimizer_to_tensors(module: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimiser state keyed by parameter name, so it loads at any world size and under DDP or FSDP alike."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    sd = get_optimizer_state_dict(module, opt, options=_state_dict_options())
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
-    for idx, state in sd["state"].items():
+    for name, state in sd.get("state", {}).items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{idx}.{key}"] = value
+                tensors[f"state.{name}.{key}"] = value
             else:
-                scalars[f"{idx}.{key}"] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+                scalars[f"{name}.{key}"] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd.get("param_groups", [])]
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def _optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
+def _load_optimizer(module: nn.Module, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    state: dict[str, dict[str, Any]] = {}
     for name, value in tensors.items():
-        _, idx, key = name.split(".", 2)
-        state.setdefault(int(idx), {})[key] = value
+        param, key = name[len("state.") :].rsplit(".", 1)
+        state.setdefault(param, {})[key] = value
     for name, value in meta["scalars"].items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
+        param, key = name.rsplit(".", 1)
+        state.setdefault(param, {})[key] = value
     groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
+    set_optimizer_state_dict(module, opt, {"state": state, "param_groups": groups}, options=_state_dict_options())
+
+
+def _load_model(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(module, tensors, options=_state_dict_options())
 
 
 def _rng_state() -> dict[str, Any]:
@@ -217,6 +246,14 @@ def fit(
     run_dir = Path(run_dir)
     ckpt_root = run_dir / "checkpoints"
     module = task.module.to(rt.device)
+    fsdp = rt.distributed and cfg.strategy == "fsdp"
+    blueprint = None
+    if fsdp:
+        if rt.is_main and (task.save_artifact is not None or task.evaluate is not None):
+            # An unsharded twin on rank 0 that evaluation and export run on: a sharded forward is a collective, and
+            # evaluation code may call submodules directly. Costs one model copy on rank 0.
+            blueprint = copy.deepcopy(module)
+        _fully_shard(module, task)
     groups = (task.param_groups or default_param_groups)(module, optim_cfg.weight_decay)
     opt = build_optimizer(groups, optim_cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.steps, optim_cfg.warmup_steps, optim_cfg.min_lr_ratio))
@@ -230,8 +267,8 @@ def fit(
         if ckpt is not None:
             if config is not None and (run_dir / "config.yaml").exists():
                 _check_same_config(config, run_dir / "config.yaml")
-            module.load_state_dict(ckpt.tensors["model"])
-            opt.load_state_dict(_optimizer_from_tensors(ckpt.tensors.get("optimizer", {}), ckpt.state["optimizer"]))
+            _load_model(module, ckpt.tensors["model"])
+            _load_optimizer(module, opt, ckpt.tensors.get("optimizer", {}), ckpt.state["optimizer"])
             sched.load_state_dict(ckpt.state["scheduler"])
             rngs = ckpt.state["rng"]
             rank_rng = rngs[rt.rank] if rt.rank < len(rngs) else None
@@ -247,7 +284,7 @@ def fit(
     if config is not None and rt.is_main:
         dump_config(config, run_dir / "config.yaml")
 
-    if rt.distributed:
+    if rt.distributed and not fsdp:
         wrapped: nn.Module = DistributedDataParallel(
             module,
             device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
@@ -287,7 +324,10 @@ def fit(
             step_metrics: dict[str, float] = {}
             for m, batch in enumerate(micro):
                 sync = contextlib.nullcontext()
-                if rt.distributed and m < cfg.grad_accum - 1:
+                last_micro = m == cfg.grad_accum - 1
+                if fsdp:
+                    module.set_requires_gradient_sync(last_micro)  # type: ignore[operator]
+                elif rt.distributed and not last_micro:
                     sync = wrapped.no_sync()  # type: ignore[operator]
                 with sync:
                     with autocast(rt.device, cfg.precision):
@@ -310,11 +350,10 @@ def fit(
                 continue
             if scaler is not None:
                 scaler.unscale_(opt)
-            grad_norm = (
-                float(torch.nn.utils.clip_grad_norm_(module.parameters(), optim_cfg.grad_clip))
-                if optim_cfg.grad_clip > 0
-                else float("nan")
-            )
+            grad_norm = float("nan")
+            if optim_cfg.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(module.parameters(), optim_cfg.grad_clip)
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # DTensor under FSDP
             if scaler is not None:
                 scaler.step(opt)
                 scaler.update()
@@ -339,14 +378,19 @@ def fit(
                 bar.set_postfix({k: f"{row[k]:.4g}" for k in task.progress_keys if k in row}, refresh=False)
             is_last = done == cfg.steps
             if task.evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or is_last):
-                result.eval_metrics = _evaluate(task, module, done, rt)
+                result.eval_metrics = _evaluate(task, _unsharded(module, blueprint) if fsdp else module, done, rt)
                 if rt.is_main:
                     logger.log(done, {f"eval/{k}": v for k, v in result.eval_metrics.items()})
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == end:
                 _save(ckpt_root, done, module, opt, sched, rt, cfg.keep_checkpoints)
             result.step = done
-        if result.step == cfg.steps and task.save_artifact is not None and rt.is_main:
-            task.save_artifact(module, run_dir / "final")
+        if result.step == cfg.steps and task.save_artifact is not None:
+            if fsdp:
+                twin = _unsharded(module, blueprint)
+                if rt.is_main:
+                    task.save_artifact(twin, run_dir / "final")
+            elif rt.is_main:
+                task.save_artifact(module, run_dir / "final")
         rt.barrier()
     finally:
         if bar is not None:
@@ -364,7 +408,29 @@ def _latest_name(root: Path) -> str:
     return latest.read_text().strip() if latest.exists() else "none"
 
 
-def _evaluate(task: Task, module: nn.Module, step: int, rt: Runtime) -> dict[str, float]:
+def _fully_shard(module: nn.Module, task: Task) -> None:
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch < 2.6 keeps FSDP2 under _composable
+        try:
+            from torch.distributed._composable.fsdp import fully_shard
+        except ImportError as exc:
+            raise RuntimeError("strategy='fsdp' needs FSDP2 (torch >= 2.4); use strategy='ddp'") from exc
+    for unit in task.fsdp_units(module) if task.fsdp_units is not None else []:
+        fully_shard(unit)
+    fully_shard(module)
+
+
+def _unsharded(module: nn.Module, blueprint: nn.Module | None) -> nn.Module | None:
+    """Copy the sharded module's full state into rank 0's unsharded twin (a collective: every rank calls it)."""
+    full = _full_model_state(module)
+    if blueprint is not None:
+        blueprint.load_state_dict(full)
+    return blueprint
+
+
+def _evaluate(task: Task, module: nn.Module | None, step: int, rt: Runtime) -> dict[str, float]:
+    """Evaluate on rank 0 while the other ranks wait."""
     metrics: dict[str, float] = {}
     if rt.is_main:
         module.eval()
@@ -376,9 +442,10 @@ def _evaluate(task: Task, module: nn.Module, step: int, rt: Runtime) -> dict[str
 
 
 def _save(root: Path, step: int, module: nn.Module, opt, sched, rt: Runtime, keep: int) -> None:
-    rngs = _gather_rng(rt)  # collective: every rank takes part
+    rngs = _gather_rng(rt)  # collectives: every rank takes part
+    model_state = _full_model_state(module)
+    opt_tensors, opt_meta = _optimizer_to_tensors(module, opt)
     if rt.is_main:
-        opt_tensors, opt_meta = _optimizer_to_tensors(opt)
         rng_tensors: dict[str, torch.Tensor] = {}
         rng_json = []
         for r, s in enumerate(rngs):
@@ -389,7 +456,7 @@ def _save(root: Path, step: int, module: nn.Module, opt, sched, rt: Runtime, kee
         save_checkpoint(
             root,
             step,
-            {"model": module.state_dict(), "optimizer": opt_tensors, "rng": rng_tensors},
+            {"model": model_state, "optimizer": opt_tensors, "rng": rng_tensors},
             {"optimizer": opt_meta, "scheduler": _jsonable(sched.state_dict()), "rng": rng_json, "world_size": rt.world_size},
             keep=keep,
         )

@@ -265,3 +265,28 @@ def test_usage_and_perplexity_helpers():
     p = torch.tensor([0.5, 0.25, 0.25])
     torch.testing.assert_close(perplexity(idx, 8), torch.exp(-(p * p.log()).sum()))
     torch.testing.assert_close(perplexity(torch.arange(16), 16), torch.tensor(16.0))
+
+
+def test_search_memory_stays_bounded(tmp_path):
+    # 100,000 vectors x 4,096 codes would be a 1.6 GB distance matrix; the chunked search must stay far below that.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import resource, torch
+        from tessera.quantize import nearest_codes
+        x, c = torch.randn(100_000, 8), torch.randn(4096, 8)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        idx = nearest_codes(x, c, max_chunk_bytes=64 * 2**20)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert idx.shape == (100_000,)
+        print((after - before) * 1024)
+        """
+    )
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    extra = int(out.stdout.strip().splitlines()[-1])
+    assert extra < 200 * 2**20, f"search grew the process by {extra / 2**20:.0f} MiB"

@@ -334,7 +334,7 @@ def build_suite(
             "missing_packages": meta.get("missing_packages", []),
         }
         _log.info("built %s: %d classes, %d images (%.1fs)", name, len(class_names), len(labels), time.time() - t0)
-    from tessera.train.checkpoint import atomic_write_json
+    from tessera.io import atomic_write_json
 
     atomic_write_json(manifest_path, manifest)
     return folder
