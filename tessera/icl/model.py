@@ -324,7 +324,7 @@ class CAML(nn.Module):
             metadata: anything JSON-serialisable (training recipe, data, results).
             half: store floating-point weights as float16 (loaded back as float32).
         """
-        from tessera.train.checkpoint import atomic_write_bytes
+        from tessera.io import atomic_write_bytes
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

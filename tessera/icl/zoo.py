@@ -48,7 +48,7 @@ def save_model(module: nn.Module, kind: str, cfg: Any, folder: str | Path, extra
     """Save any model of `MODEL_KINDS` (CAML through its own `save_pretrained`)."""
     if kind == "caml":
         return module.save_pretrained(folder, extractor=extractor, metadata=metadata)
-    from tessera.train.checkpoint import atomic_write_bytes
+    from tessera.io import atomic_write_bytes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

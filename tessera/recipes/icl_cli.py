@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from tessera.recipes.icl_predict import predict_folders
-    from tessera.train.checkpoint import atomic_write_bytes
+    from tessera.io import atomic_write_bytes
 
     result, meta = predict_folders(args.support, args.query, args.checkpoint, args.attention)
     width = max(len(str(f)) for f in result.files)
