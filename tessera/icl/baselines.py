@@ -63,8 +63,8 @@ def simpleshot(support: Tensor, labels: Tensor, query: Tensor, way: int, center:
     """SimpleShot CL2N: subtract `center` (the mean base-class feature), L2-normalise, cosine to class means."""
     if center is not None:
         support, query = support - center, query - center
-    support, query = F.normalize(support, dim=1), F.normalize(query, dim=1)
-    return F.normalize(query, dim=1) @ F.normalize(prototypes(support, labels, way), dim=1).T
+    support, query = F.normalize(support, dim=1), F.normalize(query, dim=1)  # easyfsl's feature_normalization=2
+    return query @ F.normalize(prototypes(support, labels, way), dim=1).T
 
 
 def knn(support: Tensor, labels: Tensor, query: Tensor, way: int, k: int = 1) -> Tensor:
