@@ -67,6 +67,7 @@ class OfficialScheme(nn.Module):
 
     def forward(self, support, labels, query):  # (N, D), (N,), (Q, D)
         m = self.m
+        support, query = m.feature_norm(support), m.feature_norm(query)  # Tessera's fixed preprocessing (identity for "none")
         b, d = query.shape
         sup = support.reshape(1, -1, d).repeat(b, 1, 1)  # the support copied once per query
         seqs = torch.cat([query.reshape(-1, 1, d), sup], dim=1)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tessera.icl.model import CAMLConfig, _Block
+from tessera.icl.model import CAMLConfig, FeatureNorm, _Block
 
 __all__ = [
     "prototypes",
@@ -168,6 +168,7 @@ class SNAILConfig:
     max_way: int = 10
     max_shot: int = 5  # the temporal-convolution stack covers sequences up to max_way * max_shot + 1
     filters: int = 128
+    feature_norm: str = "cl2n"  # the same fixed feature preprocessing as CAML (see tessera.icl.model.FeatureNorm)
 
 
 class _CausalConv(nn.Module):
@@ -220,6 +221,7 @@ class SNAIL(nn.Module):
     def __init__(self, cfg: SNAILConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.feature_norm = FeatureNorm(cfg.feature_dim, cfg.feature_norm)
         t = cfg.max_way * cfg.max_shot + 1
         c = cfg.feature_dim + cfg.max_way
         self.att1 = _CausalAttention(c, 64, 32)
@@ -236,6 +238,7 @@ class SNAIL(nn.Module):
 
     def forward(self, support: Tensor, labels: Tensor, query: Tensor, way: int) -> Tensor:
         n, nq = support.shape[0], query.shape[0]
+        support, query = self.feature_norm(support), self.feature_norm(query)
         lab = F.one_hot(labels, self.cfg.max_way).to(support.dtype)  # (N, C)
         demo = torch.cat([support, lab], dim=-1).unsqueeze(0).expand(nq, n, -1)  # (Q, N, D + C)
         qtok = torch.cat([query, query.new_zeros(nq, self.cfg.max_way)], dim=-1).unsqueeze(1)  # (Q, 1, D + C)
@@ -253,6 +256,7 @@ class GPICLConfig:
     num_layers: int = 4
     num_heads: int = 5
     mlp_dim: int = 640
+    feature_norm: str = "cl2n"  # the same fixed feature preprocessing as CAML
 
 
 class GPICL(nn.Module):
@@ -263,6 +267,7 @@ class GPICL(nn.Module):
         self.cfg = cfg
         block_cfg = CAMLConfig(name="gpicl", feature_dim=cfg.width - 16, label_dim=16, max_way=cfg.max_way,
                                num_layers=cfg.num_layers, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim)
+        self.feature_norm = FeatureNorm(cfg.feature_dim, cfg.feature_norm)
         self.proj = nn.Linear(cfg.feature_dim + cfg.max_way, cfg.width)
         self.pos = nn.Parameter(torch.zeros(cfg.max_len, cfg.width))
         nn.init.normal_(self.pos, std=0.02)
@@ -274,6 +279,7 @@ class GPICL(nn.Module):
         n, nq = support.shape[0], query.shape[0]
         if n + 1 > self.cfg.max_len:
             raise ValueError(f"GPICL sequences are limited to {self.cfg.max_len} tokens, got {n + 1}")
+        support, query = self.feature_norm(support), self.feature_norm(query)
         lab = F.one_hot(labels, self.cfg.max_way).to(support.dtype)
         demo = torch.cat([support, lab], dim=-1).unsqueeze(0).expand(nq, n, -1)
         qtok = torch.cat([query, query.new_zeros(nq, self.cfg.max_way)], dim=-1).unsqueeze(1)

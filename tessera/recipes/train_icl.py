@@ -33,6 +33,7 @@ from torch import nn
 from tessera.icl.embeddings import EmbeddedSet, embed_dataset
 from tessera.icl.episodes import class_index, episode_rng, fixed_episodes, sample_episode
 from tessera.icl.suite import BASE_DATASETS, SuiteConfig, load_suite_dataset
+from tessera.icl.model import FeatureNorm
 from tessera.icl.zoo import MODEL_KINDS, build_model, save_model
 from tessera.train import OptimConfig, StepOutput, Task, TrainConfig, fit
 
@@ -175,6 +176,11 @@ def run(cfg: TrainICLConfig, run_dir: str | Path | None = None, resume: bool = F
         val_sets.append((name, es.split("val")))
     mcfg = model_config(cfg, ext.embed_dim)
     model = build_model(cfg.model.kind, mcfg)
+    # CL2N feature preprocessing: centre on the mean base-training feature (stored in the checkpoint).
+    center = torch.from_numpy(np.concatenate([np.asarray(tr.features) for tr, _ in train_sets]).mean(0)).float()
+    for m in model.modules():
+        if isinstance(m, FeatureNorm):
+            m.set_center(center)
     max_way = getattr(mcfg, "max_way", cfg.episodes.fixed_way)
     module = EpisodeObjective(model, cfg.model.kind)
     _log.info("training %s (%s) on %s with %s embeddings", cfg.model.kind, getattr(mcfg, "name", ""), cfg.data.datasets, ext.name)

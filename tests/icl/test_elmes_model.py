@@ -168,3 +168,16 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path):
     (tmp_path / "c" / "config.json").write_text('{"kind": "vqgan"}')
     with pytest.raises(CheckpointMismatchError, match="not a CAML"):
         CAML.from_pretrained(tmp_path / "c")
+
+
+def test_feature_norm_center_is_saved_in_full_precision(tmp_path):
+    m = _model()
+    center = torch.randn(32) * 3.3333
+    m.feature_norm.set_center(center)
+    s, l, q = _episode()
+    with torch.no_grad():
+        # CL2N makes the model invariant to the features' scale around the centre.
+        torch.testing.assert_close(m(center + 7 * (s - center), l, center + 7 * (q - center)).logits, m(s, l, q).logits, atol=1e-4, rtol=1e-4)
+    m.save_pretrained(tmp_path / "c")
+    m2, _ = CAML.from_pretrained(tmp_path / "c")
+    assert torch.equal(m2.feature_norm.center, center)
