@@ -167,7 +167,10 @@ class SNAILConfig:
     feature_dim: int = 256
     max_way: int = 10
     max_shot: int = 5  # the temporal-convolution stack covers sequences up to max_way * max_shot + 1
-    filters: int = 128
+    # CAML's SNAIL on 768-d CLIP features: filters 128, attention (key, value) sizes (64, 32), (256, 128), (512, 256).
+    # Halved by default for Tessera's 256-d features (and a CPU budget comparable to caml-s).
+    filters: int = 64
+    attention_sizes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((32, 16), (128, 64), (256, 128))
     feature_norm: str = "cl2n"  # the same fixed feature preprocessing as CAML (see tessera.icl.model.FeatureNorm)
 
 
@@ -224,16 +227,17 @@ class SNAIL(nn.Module):
         self.feature_norm = FeatureNorm(cfg.feature_dim, cfg.feature_norm)
         t = cfg.max_way * cfg.max_shot + 1
         c = cfg.feature_dim + cfg.max_way
-        self.att1 = _CausalAttention(c, 64, 32)
-        c += 32
+        (k1, v1), (k2, v2), (k3, v3) = cfg.attention_sizes
+        self.att1 = _CausalAttention(c, k1, v1)
+        c += v1
         self.tc1 = _TCBlock(c, t, cfg.filters)
         c = self.tc1.out_channels
-        self.att2 = _CausalAttention(c, 256, 128)
-        c += 128
+        self.att2 = _CausalAttention(c, k2, v2)
+        c += v2
         self.tc2 = _TCBlock(c, t, cfg.filters)
         c = self.tc2.out_channels
-        self.att3 = _CausalAttention(c, 512, 256)
-        c += 256
+        self.att3 = _CausalAttention(c, k3, v3)
+        c += v3
         self.fc = nn.Linear(c, cfg.max_way)
 
     def forward(self, support: Tensor, labels: Tensor, query: Tensor, way: int) -> Tensor:

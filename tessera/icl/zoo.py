@@ -76,7 +76,10 @@ def load_model(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         return CAML.from_pretrained(folder)
     if kind not in MODEL_KINDS:
         raise CheckpointMismatchError(f"{cfg_path}: unknown model kind {kind!r}")
-    cfg = MODEL_KINDS[kind](**doc["config"])
+    raw = dict(doc["config"])
+    if kind == "snail" and "attention_sizes" in raw:  # JSON lists back to the tuple field
+        raw["attention_sizes"] = tuple(tuple(x) for x in raw["attention_sizes"])
+    cfg = MODEL_KINDS[kind](**raw)
     model = build_model(kind, cfg)
     w_path = folder / "model.safetensors"
     if not w_path.is_file():
