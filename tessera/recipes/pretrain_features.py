@@ -241,7 +241,23 @@ def run(cfg: PretrainFeaturesConfig, run_dir: str | Path | None = None, resume: 
 
     task = Task(module=module, batches=batches, evaluate=evaluate, save_artifact=save_artifact, progress_keys=("loss", "acc"))
     result = fit(task, cfg.train, cfg.optim, run_dir, resume=resume, config=cfg)
+    for folder in [run_dir / "final"] + ([Path(cfg.export_to)] if cfg.export_to else []):
+        record_metadata(folder, {"val_metrics": result.eval_metrics})
     return {"run_dir": str(run_dir), "final": str(run_dir / "final"), "eval": result.eval_metrics}
+
+
+def record_metadata(folder: Path, extra: dict) -> None:
+    """Merge `extra` into the metadata of a saved extractor's config.json (e.g. the final validation metrics)."""
+    import json
+
+    from tessera.io import atomic_write_bytes
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return
+    doc = json.loads(path.read_text())
+    doc.setdefault("metadata", {}).update(extra)
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
 def _plain(obj):
