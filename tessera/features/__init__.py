@@ -91,6 +91,30 @@ register_extractor("tessera-resnet-s", _shipped("tessera-resnet-s"))
 register_extractor("tessera-resnet-debug", _random_init("tessera-resnet-debug"))
 
 
+def _untrained(**kw) -> FeatureExtractor:
+    """tessera-resnet-s's architecture at its seeded random initialisation (feature-extractor ablation)."""
+    import dataclasses
+
+    import torch
+
+    if kw:
+        raise TypeError(f"tessera-resnet-s-untrained takes no options, got {sorted(kw)}")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        ext = TesseraResNetExtractor(dataclasses.replace(RESNET_PRESETS["tessera-resnet-s"], name="tessera-resnet-s-untrained"))
+    return ext
+
+
+def _pixels(size: int = 8) -> FeatureExtractor:
+    from tessera.features.pixels import PixelExtractor
+
+    return PixelExtractor(size)
+
+
+register_extractor("tessera-resnet-s-untrained", _untrained)
+register_extractor("pixels-8", _pixels)
+
+
 def list_extractors() -> list[str]:
     """Registered names, plus the prefixes understood by `load_extractor` (`timm:`, `open_clip:`, `hf:`, `tokenizer:`)."""
     return sorted(_REGISTRY) + ["timm:<name>", "open_clip:<name>[/<tag>]", "hf:<repo or folder>", "tokenizer:<folder>"]

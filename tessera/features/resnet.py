@@ -183,7 +183,10 @@ class TesseraResNetExtractor(FeatureExtractor):
         except Exception as exc:  # safetensors raises its own error types for truncated/corrupt headers
             raise ValueError(f"{w_path}: unreadable safetensors file ({exc})") from exc
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatch
+            raise ValueError(f"{w_path}: weights do not match the config in {cfg_path} ({str(exc).splitlines()[-1].strip()})") from exc
         if missing or unexpected:
             raise ValueError(
                 f"{w_path}: weights do not match the config in {cfg_path} (missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})"

@@ -56,6 +56,7 @@ class FeatureDataSection:
     datasets: list[str] = field(default_factory=lambda: list(BASE_DATASETS))  # suite datasets (base ones only)
     resolution: int = 32
     system: bool = True  # use Debian fonts/pictures (False: the reduced pip-only suite)
+    suite_overrides: dict[str, int] = field(default_factory=dict)  # other SuiteConfig fields (e.g. a small test suite)
     max_classes_per_dataset: int = 0  # 0: all train classes (the debug run uses a few)
     val_episodes: int = 200  # 5-way episodes per base dataset for the few-shot validation metric
 
@@ -77,8 +78,8 @@ class PretrainFeaturesConfig:
     model: FeatureModelSection = field(default_factory=FeatureModelSection)
     data: FeatureDataSection = field(default_factory=FeatureDataSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2500, log_every=25, eval_every=500, checkpoint_every=250))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, weight_decay=0.05, warmup_steps=150, min_lr_ratio=0.01, betas=(0.9, 0.999)))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, log_every=25, eval_every=400, checkpoint_every=100))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, weight_decay=0.05, warmup_steps=100, min_lr_ratio=0.01, betas=(0.9, 0.999)))
     batch_size: int = 128
     label_smoothing: float = 0.1
     channels_last: bool = True  # 2-3x faster convolutions on CPU
@@ -132,7 +133,7 @@ def _augment(x: torch.Tensor, flip: torch.Tensor, cfg: AugmentSection, gen: torc
 
 def _pooled_training_set(cfg: PretrainFeaturesConfig):
     """Concatenate the train classes of the base datasets: (list of (dataset, local index)), labels, flip flags."""
-    suite_cfg = SuiteConfig(resolution=cfg.data.resolution, system=cfg.data.system)
+    suite_cfg = SuiteConfig(resolution=cfg.data.resolution, system=cfg.data.system, **cfg.data.suite_overrides)
     parts, offset = [], 0
     for name in cfg.data.datasets:
         ds = load_suite_dataset(name, "train", cfg=suite_cfg)
@@ -240,7 +241,23 @@ def run(cfg: PretrainFeaturesConfig, run_dir: str | Path | None = None, resume: 
 
     task = Task(module=module, batches=batches, evaluate=evaluate, save_artifact=save_artifact, progress_keys=("loss", "acc"))
     result = fit(task, cfg.train, cfg.optim, run_dir, resume=resume, config=cfg)
+    for folder in [run_dir / "final"] + ([Path(cfg.export_to)] if cfg.export_to else []):
+        record_metadata(folder, {"val_metrics": result.eval_metrics})
     return {"run_dir": str(run_dir), "final": str(run_dir / "final"), "eval": result.eval_metrics}
+
+
+def record_metadata(folder: Path, extra: dict) -> None:
+    """Merge `extra` into the metadata of a saved extractor's config.json (e.g. the final validation metrics)."""
+    import json
+
+    from tessera.io import atomic_write_bytes
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return
+    doc = json.loads(path.read_text())
+    doc.setdefault("metadata", {}).update(extra)
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
 def _plain(obj):

@@ -9,7 +9,7 @@ Axis legend: N images, H W height and width.
 | photos       | base     | regions of ~35 real photographs          | 20 random crops                            |
 | glyphs-eval  | held-out | letters of 8 other scripts               | as glyphs                                  |
 | icons        | held-out | icon concepts drawn by >= 6 themes       | one drawing per theme (6-8)                |
-| art          | held-out | regions of ~45 illustrated wallpapers    | 20 random crops                            |
+| art          | held-out | one of ~45 illustrated wallpapers        | 30 crops from anywhere in it               |
 
 Base datasets are the pretraining data of the feature network and of CAML (their `train` classes; `val` classes for
 model selection). Held-out datasets are never seen in pretraining; their `train` classes exist only for the
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-SUITE_VERSION = 1
+SUITE_VERSION = 2  # 2: art classes are whole artworks
 
 # What CI (and users who want the full suite) install with apt.
 DEBIAN_PACKAGES = (
@@ -84,7 +84,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "photos": DatasetInfo("base", (0.6, 0.2, 0.2), "regions of real photographs (random crops)"),
     "glyphs-eval": DatasetInfo("heldout", (0.4, 0.1, 0.5), "letters of held-out scripts"),
     "icons": DatasetInfo("heldout", (0.4, 0.1, 0.5), "desktop icon concepts drawn by several themes"),
-    "art": DatasetInfo("heldout", (0.4, 0.1, 0.5), "regions of illustrated and painted wallpapers"),
+    "art": DatasetInfo("heldout", (0.4, 0.1, 0.5), "illustrated and painted wallpapers (crops from anywhere in one)"),
 }
 BASE_DATASETS = tuple(n for n, d in DATASETS.items() if d.role == "base")
 HELDOUT_DATASETS = tuple(n for n, d in DATASETS.items() if d.role == "heldout")
@@ -105,6 +105,9 @@ class SuiteConfig:
     crop_short_side: int = 256  # pictures are resized to this shorter side before cutting regions
     crop_cell: int = 64  # region size in resized pixels
     crop_min_std: float = 0.06  # regions flatter than this (luminance std) are not classes
+    art_instances: int = 30  # crops per artwork (art: one class per artwork)
+    art_crop_min: float = 0.25  # art crop side, as a fraction of the artwork's shorter side
+    art_crop_max: float = 0.6
     icon_min_themes: int = 6  # themes that must draw a concept (5-shot needs >= 6 instances)
     seed: int = 0
 
@@ -194,15 +197,22 @@ def _build_crops(cfg: SuiteConfig, art: bool, progress: bool):
     if not cfg.system:
         sources = tuple(x for x in sources if x.root in ("skimage", "matplotlib"))
     found, missing = cr.available_pictures(sources)
-    regions = cr.picture_regions(found, cfg.crop_short_side, cfg.crop_cell, cfg.crop_min_std)
-    n = cfg.crop_instances
+    if art:  # one class per artwork, crops from anywhere in it
+        regions = cr.picture_classes(found, cfg.crop_short_side)
+        n = cfg.art_instances
+    else:  # one class per region of a photograph
+        regions = cr.picture_regions(found, cfg.crop_short_side, cfg.crop_cell, cfg.crop_min_std)
+        n = cfg.crop_instances
     images = np.empty((len(regions) * n, cfg.resolution, cfg.resolution, 3), np.uint8)
     labels = np.repeat(np.arange(len(regions)), n)
     with _progress(len(regions), "art" if art else "photos", progress) as bar:
         for c, reg in enumerate(regions):
             rng = _rng(cfg, "crop", reg.name)
             for i in range(n):
-                images[c * n + i] = cr.render_crop(reg, rng, cfg.resolution)
+                if art:
+                    images[c * n + i] = cr.render_picture_crop(reg, rng, cfg.resolution, (cfg.art_crop_min, cfg.art_crop_max), cfg.crop_min_std)
+                else:
+                    images[c * n + i] = cr.render_crop(reg, rng, cfg.resolution)
             bar.update(1)
     names = [r.name for r in regions]
     split_keys = [r.source.id for r in regions]  # split by picture: all regions of a picture share a split

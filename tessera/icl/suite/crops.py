@@ -2,17 +2,17 @@
 
 Axis legend: H W height and width.
 
-Too few photographs ship in packages for object categories (about 35; docs: offline-data.md section 3), so a class
-here is one *region* of one picture: the picture is divided into a grid of cells, each non-flat cell is a class, and
-an instance is a random crop inside that cell (random size, position and mirror, slight colour jitter). Recognising a
-region from a few crops is fine-grained texture and colour matching, close to what CUB or Paintings ask of
-a frozen encoder. All regions of a picture stay in the same class split, so test classes never share a picture with
-training classes.
+Too few photographs ship in packages for object categories (about 35; docs: offline-data.md section 3), so:
 
-`photos` (a base dataset) uses the photographs shipped by scikit-image and matplotlib (always present) and by the
-Debian packages `mate-backgrounds` (12 nature photos) and `plasma-workspace-wallpapers` (11 photo themes).
-`art` (held out) uses the illustrated and painted wallpapers of `plasma-workspace-wallpapers`, `mate-backgrounds`
-(abstract folder), `gnome-backgrounds` and `ukui-wallpapers`.
+- `photos` (a base dataset): a class is one *region* of one photograph: the picture is divided into a grid of cells,
+  each non-flat cell is a class, and an instance is a random crop inside that cell (random size, position and
+  mirror, slight colour jitter). Recognising a region from a few crops is fine-grained texture and colour matching.
+  All regions of a picture stay in the same class split, so test classes never share a picture with train classes.
+  Sources: the photographs shipped by scikit-image and matplotlib (always present) and by the Debian packages
+  `mate-backgrounds` (12 nature photos) and `plasma-workspace-wallpapers` (11 photo themes).
+- `art` (held out): a class is one illustrated or painted wallpaper and an instance a crop from *anywhere* in it
+  (25-60% of its shorter side): telling which artwork a crop comes from is a style task, like Paintings. Sources:
+  `plasma-workspace-wallpapers`, `mate-backgrounds` (abstract folder), `gnome-backgrounds`, `ukui-wallpapers`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["PictureSource", "PHOTO_SOURCES", "ART_SOURCES", "available_pictures", "picture_regions", "render_crop"]
+__all__ = ["PictureSource", "PHOTO_SOURCES", "ART_SOURCES", "available_pictures", "picture_regions", "picture_classes", "render_crop", "render_picture_crop"]
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,36 @@ def picture_regions(found: list[tuple[PictureSource, Path]], short_side: int, ce
                     continue
                 regions.append(Region(src, pic, (t, l, cell, cell)))
     return regions
+
+
+def picture_classes(found: list[tuple[PictureSource, Path]], short_side: int) -> list[Region]:
+    """One class per picture (the whole picture is the region): crops come from anywhere in it."""
+    out = []
+    for src, path in found:
+        try:
+            pic = _open(path, short_side)
+        except OSError as exc:
+            warnings.warn(f"skipping unreadable picture {path}: {exc}", stacklevel=2)
+            continue
+        out.append(Region(src, pic, (0, 0, pic.shape[0], pic.shape[1])))
+    return out
+
+
+def render_picture_crop(region: Region, rng: np.random.Generator, resolution: int, scale: tuple[float, float], min_std: float) -> np.ndarray:
+    """A crop of side `scale` x the picture's shorter side from anywhere in it, avoiding flat crops (up to 20 tries)."""
+    t, l, h, w = region.box
+    for _ in range(20):
+        side = int(round(rng.uniform(*scale) * min(h, w)))
+        y = t + int(rng.integers(0, h - side + 1))
+        x = l + int(rng.integers(0, w - side + 1))
+        patch = region.picture[y : y + side, x : x + side]
+        if float(patch.mean(axis=2).std()) >= min_std:
+            break
+    if rng.random() < 0.5:
+        patch = patch[:, ::-1]
+    patch = (patch - 0.5) * rng.uniform(0.85, 1.15) + 0.5 + rng.uniform(-0.06, 0.06)
+    img = Image.fromarray((np.clip(patch, 0, 1) * 255).astype(np.uint8)).resize((resolution, resolution), Image.LANCZOS)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def render_crop(region: Region, rng: np.random.Generator, resolution: int) -> np.ndarray:
