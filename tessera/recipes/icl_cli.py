@@ -55,8 +55,11 @@ def _build_suite(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from tessera.recipes.train_icl import main
 
+    from tessera.train.runtime import is_main_process
+
     out = main(args.config, args.overrides, resume=args.resume, run_dir=args.run_dir)
-    print(json.dumps(out, indent=2))
+    if is_main_process():  # under torchrun only rank 0 reports
+        print(json.dumps(out, indent=2))
     return 0
 
 
