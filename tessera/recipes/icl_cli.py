@@ -54,7 +54,6 @@ def _build_suite(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from tessera.recipes.train_icl import main
-
     from tessera.train.runtime import is_main_process
 
     out = main(args.config, args.overrides, resume=args.resume, run_dir=args.run_dir)
@@ -64,8 +63,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tessera.recipes.icl_predict import predict_folders
     from tessera.io import atomic_write_bytes
+    from tessera.recipes.icl_predict import predict_folders
 
     result, meta = predict_folders(args.support, args.query, args.checkpoint, args.attention)
     width = max(len(str(f)) for f in result.files)

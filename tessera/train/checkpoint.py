@@ -173,9 +173,17 @@ def load_latest(root: str | Path) -> Checkpoint | None:
 
     Corrupt or truncated checkpoints are skipped with a warning that names the bad file.
     """
+    skipped: list[Path] = []
     for _, path in reversed(list_checkpoints(root)):
         try:
-            return _verify_and_load(path)
+            ckpt = _verify_and_load(path)
         except (CheckpointError, OSError, ValueError) as exc:
             warnings.warn(f"skipping checkpoint {path}: {exc}; falling back to the previous one", stacklevel=2)
+            skipped.append(path)
+            continue
+        if skipped:
+            warnings.warn(f"using the last good checkpoint {path} (step {ckpt.step}) instead of {skipped[0].name}", stacklevel=2)
+        return ckpt
+    if skipped:
+        warnings.warn(f"no intact checkpoint under {root}: starting from scratch", stacklevel=2)
     return None

@@ -12,10 +12,7 @@ the runs. The tests use eps=1e-6, which keeps such steps at ~1e-3 lr without cha
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,46 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from tessera.train.log import read_metrics_csv
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY_SUITE = "data.suite_overrides={glyph_max_per_script: 8, glyph_instances: 12, shape_classes: 60, shape_instances: 12, crop_instances: 12}"
-COMMON = ["train.tensorboard=false", "train.progress=false", "train.device=cpu", "train.eval_every=0", "optim.eps=1.0e-6"]
-OVERRIDES = {
-    "tokenizer": [*COMMON, "train.steps=8", "train.log_every=2", "train.checkpoint_every=4", "data.num_train=128",
-                  "data.num_val=16", "eval.grid_images=0"],
-    "icl": [*COMMON, "train.steps=8", "train.log_every=2", "train.checkpoint_every=4", TINY_SUITE,
-            "episodes.val_episodes=4"],
-    "lm": [*COMMON, "preset=debug", "seq_len=128", "batch_size=4", "train.steps=6", "train.log_every=2",
-           "train.checkpoint_every=3", "data.glyph_test_renders=4",
-           "data.max_objects=1"],
-}
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    """Subprocess environment: this checkout, one thread per rank, a private cache and a tiny LM image tokenizer."""
-    from tessera.tokenizer import ImageTokenizer, TokenizerConfig
-
-    root = tmp_path_factory.mktemp("dist-trainers")
-    torch.manual_seed(0)
-    tok_dir = root / "image_tokenizer"
-    ImageTokenizer(TokenizerConfig.from_name("vqvae-debug")).save_pretrained(tok_dir)  # untrained: the LM only needs ids
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TESSERA_CACHE": str(root / "cache"),
-            "TESSERA_TEST_TOKENIZER": str(tok_dir)}
-
-
-def worker_cmd(part: str, run_dir: Path, nproc: int, *extra: str) -> list[str]:
-    head = [sys.executable, "-m", "tests.train.trainer_worker"]
-    if nproc > 1:
-        head = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
-                "tests.train.trainer_worker"]
-    return [*head, part, str(run_dir), *OVERRIDES[part], *extra]
-
-
-def run_worker(part: str, run_dir: Path, nproc: int, env: dict[str, str], *extra: str, timeout: float = 240) -> None:
-    proc = subprocess.run(worker_cmd(part, run_dir, nproc, *extra), cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"{part} x{nproc} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+from tests.train.trainer_worker import run_worker
 
 
 def assert_close_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str, atol: float = 2e-4) -> None:
@@ -86,14 +44,14 @@ def assert_same_curve(a: Path, b: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def singles(tmp_path_factory, env) -> dict[str, Path]:
+def singles(tmp_path_factory, trainer_env) -> dict[str, Path]:
     """One-process reference runs, made once per trainer (first: they also fill the caches the ranks then share)."""
     made: dict[str, Path] = {}
 
     class _Lazy(dict):
         def __missing__(self, part: str) -> Path:
             run = tmp_path_factory.mktemp(f"single-{part}")
-            run_worker(part, run, 1, env)
+            run_worker(part, run, 1, trainer_env)
             self[part] = run
             return run
 
@@ -127,29 +85,29 @@ def resume_in_one_process(part: str, ddp: Path, single: Path, env: dict[str, str
 
 
 @pytest.mark.slow
-def test_tokenizer_trainer_under_torchrun_matches_one_process(tmp_path, env, singles):
-    ddp = check_ddp_against_single("tokenizer", tmp_path, env, singles["tokenizer"])
+def test_tokenizer_trainer_under_torchrun_matches_one_process(tmp_path, trainer_env, singles):
+    ddp = check_ddp_against_single("tokenizer", tmp_path, trainer_env, singles["tokenizer"])
     codebook = [k for k in load_file(str(ddp / "rank0.safetensors")) if "codebook" in k]
     assert codebook, "expected VQ codebook tensors in the state"
-    resume_in_one_process("tokenizer", ddp, singles["tokenizer"], env)
+    resume_in_one_process("tokenizer", ddp, singles["tokenizer"], trainer_env)
 
 
 @pytest.mark.slow
-def test_caml_trainer_under_torchrun_matches_one_process(tmp_path, env, singles):
-    check_ddp_against_single("icl", tmp_path, env, singles["icl"])
+def test_caml_trainer_under_torchrun_matches_one_process(tmp_path, trainer_env, singles):
+    check_ddp_against_single("icl", tmp_path, trainer_env, singles["icl"])
 
 
 @pytest.mark.slow
-def test_lm_trainer_under_torchrun_ddp_matches_one_process(tmp_path, env, singles):
-    check_ddp_against_single("lm", tmp_path, env, singles["lm"])
+def test_lm_trainer_under_torchrun_ddp_matches_one_process(tmp_path, trainer_env, singles):
+    check_ddp_against_single("lm", tmp_path, trainer_env, singles["lm"])
 
 
 @pytest.mark.slow
-def test_lm_trainer_under_torchrun_fsdp_matches_one_process_and_resumes_in_one(tmp_path, env, singles):
+def test_lm_trainer_under_torchrun_fsdp_matches_one_process_and_resumes_in_one(tmp_path, trainer_env, singles):
     single, fsdp = singles["lm"], tmp_path / "fsdp"
-    run_worker("lm", fsdp, 2, env, "train.strategy=fsdp")
+    run_worker("lm", fsdp, 2, trainer_env, "train.strategy=fsdp")
     assert_same_curve(fsdp, single)
     final = load_file(str(fsdp / "final" / "model.safetensors"))
     reference = load_file(str(single / "final" / "model.safetensors"))
     assert_close_states(final, reference, "lm fsdp vs single")
-    resume_in_one_process("lm", fsdp, single, env, "train.strategy=fsdp")
+    resume_in_one_process("lm", fsdp, single, trainer_env, "train.strategy=fsdp")
