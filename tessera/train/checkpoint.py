@@ -30,8 +30,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tessera.io import atomic_write_bytes, atomic_write_json, fsync_dir
+from tessera.validate import state_dict_mismatch
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_latest", "list_checkpoints", "CheckpointError", "atomic_write_bytes", "atomic_write_json"]
+__all__ = [
+    "Checkpoint",
+    "save_checkpoint",
+    "load_latest",
+    "list_checkpoints",
+    "check_model_fits",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+]
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -187,3 +197,17 @@ def load_latest(root: str | Path) -> Checkpoint | None:
     if skipped:
         warnings.warn(f"no intact checkpoint under {root}: starting from scratch", stacklevel=2)
     return None
+
+
+def check_model_fits(ckpt: Checkpoint, module: torch.nn.Module) -> None:
+    """Raise CheckpointError naming the checkpoint's model file when its tensors do not fit `module` (keys, shapes).
+
+    Resuming with a changed architecture otherwise fails deep inside `load_state_dict`, without saying which run
+    folder or file is at fault.
+    """
+    problems = state_dict_mismatch(module.state_dict(), ckpt.tensors.get("model", {}))
+    if problems:
+        raise CheckpointError(
+            f"{ckpt.path / 'model.safetensors'} (step {ckpt.step}) does not fit the model being trained: "
+            f"{'; '.join(problems)} (resume with the run's original settings, or start a new run folder)"
+        )
