@@ -54,10 +54,12 @@ def _build_suite(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from tessera.recipes.train_icl import main
-    from tessera.train.runtime import is_main_process
+    from tessera.train.runtime import is_main_process, shutdown
 
     out = main(args.config, args.overrides, resume=args.resume, run_dir=args.run_dir)
-    if is_main_process():  # under torchrun only rank 0 reports
+    main_rank = is_main_process()
+    shutdown()
+    if main_rank:  # under torchrun only rank 0 reports
         print(json.dumps(out, indent=2))
     return 0
 

@@ -60,13 +60,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from tessera.paths import runs_dir
     from tessera.recipes.train_tokenizer import describe, dump_metrics, load_train_config, train
-    from tessera.train.runtime import is_main_process
+    from tessera.train.runtime import is_main_process, shutdown
 
     cfg = load_train_config(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else runs_dir("tokenizer", Path(args.config).stem)
     print(f"tokenizer: {describe(cfg)}; run folder {run_dir}")
     result, metrics = train(cfg, run_dir, resume=args.resume, stop_after=args.stop_after)
-    if not is_main_process():  # under torchrun only rank 0 reports
+    main_rank = is_main_process()
+    shutdown()
+    if not main_rank:  # under torchrun only rank 0 reports
         return 0
     if metrics:
         print(dump_metrics(metrics))
