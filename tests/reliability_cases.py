@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NAN = float("nan")
 INF = float("inf")
 
@@ -142,6 +143,39 @@ def _truncate(file: str) -> Callable[[Path], None]:
 
 def _write(file: str, text: str) -> Callable[[Path], None]:
     return lambda folder: (folder / file).write_text(text)
+
+
+class CLIError(Exception):
+    """A `tessera ...` command that exited non-zero; the message is what it printed on stderr."""
+
+
+def _cli(*argv: Any) -> int:
+    """Run `tessera argv...` in-process; raise CLIError(stderr) when it fails (argparse errors included)."""
+    import contextlib
+
+    from tessera.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:
+            rc = exc.code
+    if rc:
+        raise CLIError(f"exit {rc}: {err.getvalue().strip()}")
+    return rc
+
+
+def _npy(name: str, arr: np.ndarray, allow_pickle: bool = False) -> Path:
+    path = _objects()["root"] / name
+    np.save(path, arr, allow_pickle=allow_pickle)
+    return path
+
+
+def _yaml(name: str, text: str) -> Path:
+    path = _objects()["root"] / name
+    path.write_text(text)
+    return path
 
 
 def _fit_resume_mismatch() -> None:
@@ -281,6 +315,19 @@ def _cases() -> list[Case]:
         Case("tokenizer train config", "config", "unknown key", lambda: load_train_config(None, ["model.codebook_sise=64"]), (ConfigError,), "codebook_sise"),
         Case("tokenizer train config", "config", "unknown preset", lambda: load_train_config(None, ["preset=nope"]), (ConfigError,), "preset"),
         Case("train.fit", "checkpoint", "resume with a checkpoint of another shape", _fit_resume_mismatch, (CheckpointError,), r"model\.safetensors.*lin\.weight"),
+        # -- command-line verbs (in-process; the CLI prints one line naming the problem and exits 1) ----------------
+        Case("cli tokenizer encode", "image", "corrupt image", lambda: _cli("tokenizer", "encode", "--model", o()["root"] / "tokenizer", img("corrupt.png"), "--out", o()["root"] / "x.npy"), (CLIError,), r"corrupt\.png"),
+        Case("cli tokenizer encode", "image", "decompression bomb", lambda: _cli("tokenizer", "encode", "--model", o()["root"] / "tokenizer", img("bomb.png"), "--out", o()["root"] / "x.npy"), (CLIError,), r"bomb\.png.*too large"),
+        Case("cli tokenizer encode", "checkpoint", "missing model folder", lambda: _cli("tokenizer", "encode", "--model", o()["root"] / "nope", img("corrupt.png"), "--out", o()["root"] / "x.npy"), (CLIError,), "nope"),
+        Case("cli tokenizer decode", "range", "ids beyond the codebook", lambda: _cli("tokenizer", "decode", "--model", o()["root"] / "tokenizer", _npy("big.npy", np.full((1, 4, 4), 999)), "--out", o()["root"] / "dec"), (CLIError,), r"big\.npy.*\[0, 32\)"),
+        Case("cli tokenizer decode", "dtype", "float ids", lambda: _cli("tokenizer", "decode", "--model", o()["root"] / "tokenizer", _npy("float.npy", np.ones((1, 4, 4))), "--out", o()["root"] / "dec"), (CLIError,), r"float\.npy.*integers"),
+        Case("cli tokenizer decode", "checkpoint", "pickled .npy refused", lambda: _cli("tokenizer", "decode", "--model", o()["root"] / "tokenizer", _npy("pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True), "--out", o()["root"] / "dec"), (CLIError,), r"pickled\.npy"),
+        Case("cli tokenizer train", "config", "unknown key in the YAML", lambda: _cli("tokenizer", "train", "--config", _yaml("tok.yaml", "preset: vqvae-debug\ntrain:\n  stepz: 3\n"), "--run-dir", o()["root"] / "r"), (CLIError,), "train.stepz"),
+        Case("cli icl train", "config", "wrong type override", lambda: _cli("icl", "train", "--config", _CONFIGS / "icl" / "caml_debug.yaml", "--run-dir", o()["root"] / "r", "train.steps=many"), (CLIError,), "train.steps"),
+        Case("cli icl predict", "image", "missing support folder", lambda: _cli("icl", "predict", "--support", o()["root"] / "nosupport", "--query", img("corrupt.png"), "--checkpoint", o()["root"] / "caml"), (CLIError,), "nosupport"),
+        Case("cli lm train", "config", "wrong type override", lambda: _cli("lm", "train", "--config", _CONFIGS / "lm" / "nano_debug.yaml", "--run-dir", o()["root"] / "r", "seq_len=abc"), (CLIError,), "seq_len"),
+        Case("cli lm generate", "checkpoint", "missing model folder", lambda: _cli("lm", "generate", "--checkpoint", o()["root"] / "nolm", "--prompt", "hi"), (CLIError,), "nolm"),
+        Case("cli lm generate", "image", "truncated image", lambda: _cli("lm", "generate", "--checkpoint", o()["root"] / "lm", "--prompt", "<image> what is it?", "--image", img("truncated.png")), (CLIError,), r"truncated\.png"),
     ]
     return c
 

@@ -21,5 +21,6 @@ def test_bad_input_gets_a_clear_error(case):
 
 def test_catalogue_covers_every_entry_point_and_problem():
     entries = {c.entry.split(".")[0] for c in CASES}
-    assert {"quantize", "tokenizer", "icl", "lm", "data", "config", "train"} <= entries
+    assert {"quantize", "tokenizer", "icl", "lm", "data", "config", "train", "cli tokenizer encode", "cli lm generate",
+            "cli icl predict"} <= entries | {c.entry for c in CASES}
     assert {"nan_inf", "rank", "dtype", "empty", "range", "memory", "image", "config", "checkpoint"} <= {c.problem for c in CASES}

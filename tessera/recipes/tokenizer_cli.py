@@ -160,10 +160,13 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
+    import io
+
     import numpy as np
     import torch
     from PIL import Image
 
+    from tessera.io import atomic_write_bytes
     from tessera.tokenizer import ImageTokenizer
 
     tok = ImageTokenizer.from_pretrained(args.model)
@@ -184,7 +187,9 @@ def _decode(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
         arr8 = (img.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-        Image.fromarray(arr8).save(out / f"{i:05d}.png")
+        buf = io.BytesIO()
+        Image.fromarray(arr8).save(buf, format="PNG")
+        atomic_write_bytes(out / f"{i:05d}.png", buf.getvalue())  # a crash never leaves a half-written image
     print(f"decoded {len(images)} image(s) -> {out}")
     return 0
 
