@@ -178,6 +178,15 @@ def _yaml(name: str, text: str) -> Path:
     return path
 
 
+def _folder_with_corrupt_image():
+    from tessera.data.folders import ImageFolderDataset
+
+    root = Path(tempfile.mkdtemp(dir=_objects()["root"]))
+    (root / "cls").mkdir()
+    (root / "cls" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+    return ImageFolderDataset(root)
+
+
 def _fit_resume_mismatch() -> None:
     from tessera.train import OptimConfig, StepOutput, Task, TrainConfig, fit
 
@@ -198,8 +207,9 @@ def _fit_resume_mismatch() -> None:
 
 def _cases() -> list[Case]:
     from tessera.config import ConfigError, load_config
+    from tessera.data.folders import ImageFolderDataset
     from tessera.data.imageio import load_image
-    from tessera.icl import fixed_episodes, sample_episode
+    from tessera.icl import CAMLConfig, fixed_episodes, sample_episode
     from tessera.icl.model import CheckpointMismatchError
     from tessera.icl.zoo import load_model
     from tessera.lm.generate import SamplingConfig, generate
@@ -210,7 +220,7 @@ def _cases() -> list[Case]:
     from tessera.recipes.train_icl import TrainICLConfig
     from tessera.recipes.train_lm import LMRunConfig
     from tessera.recipes.train_tokenizer import load_train_config
-    from tessera.tokenizer import ImageTokenizer
+    from tessera.tokenizer import ImageTokenizer, TokenizerConfig
     from tessera.train.checkpoint import CheckpointError
 
     o = _objects
@@ -252,6 +262,7 @@ def _cases() -> list[Case]:
         Case("tokenizer.ImageTokenizer.decode", "range", "negative token id", lambda: tok().decode(torch.full((1, 4, 4), -1)), (V,), r"\[0, 32\)"),
         Case("tokenizer.ImageTokenizer.decode", "dtype", "float tokens", lambda: tok().decode(torch.ones(1, 4, 4)), (E,), "integer"),
         Case("tokenizer.ImageTokenizer.decode", "empty", "empty batch", lambda: tok().decode(torch.zeros(0, 4, 4, dtype=torch.long)), (V,), "empty"),
+        Case("tokenizer.ImageTokenizer", "memory", "codebook too large for the search's memory bound", lambda: ImageTokenizer(TokenizerConfig.from_name("vqvae-debug", codebook_size=10**9)), (V,), "codebook_size=1000000000"),
         Case("tokenizer.ImageTokenizer.from_pretrained", "checkpoint", "missing folder", lambda: ImageTokenizer.from_pretrained(o()["root"] / "nope"), (FileNotFoundError,), "nope"),
         Case("tokenizer.ImageTokenizer.from_pretrained", "checkpoint", "truncated weights", lambda: ImageTokenizer.from_pretrained(_copy_with("tokenizer", _truncate("model.safetensors"))), (V,), r"model\.safetensors.*(truncated|corrupt)"),
         Case("tokenizer.ImageTokenizer.from_pretrained", "checkpoint", "weights of another config", lambda: ImageTokenizer.from_pretrained(_copy_with("tokenizer", _edit_json(("config", "codebook_size"), 64))), (V,), r"does not match|size mismatch"),
@@ -268,6 +279,7 @@ def _cases() -> list[Case]:
         Case("icl.CAML", "range", "label beyond max way", lambda: caml()(S, torch.tensor([[0, 1, 2, 3, 99]]), Q), (V,), r"\[0, 5\)"),
         Case("icl.CAML", "range", "negative label", lambda: caml()(S, torch.tensor([[0, 1, 2, 3, -1]]), Q), (V,), r"\[0, 5\)"),
         Case("icl.CAML", "empty", "empty support", lambda: caml()(torch.randn(1, 0, 16), torch.zeros(1, 0, dtype=torch.long), Q), (V,), "empty support"),
+        Case("icl.CAMLConfig", "memory", "max_way beyond the label encoder", lambda: CAMLConfig.from_name("caml-debug", feature_dim=16, max_way=10**7), (V,), "label_dim"),
         Case("icl.sample_episode", "range", "more ways than classes", lambda: sample_episode(classes, 5, 1, 1, np.random.default_rng(0)), (V,), "5-way"),
         Case("icl.sample_episode", "range", "negative way", lambda: sample_episode(classes, -1, 1, 1, np.random.default_rng(0)), (V,), "way=-1"),
         Case("icl.fixed_episodes", "empty", "no labels", lambda: fixed_episodes(np.array([], dtype=np.int64), 2, 1, 1, 3, 0), (V,), "need 2 classes"),
@@ -306,6 +318,8 @@ def _cases() -> list[Case]:
         Case("data.load_image", "image", "corrupt PNG", lambda: load_image(img("corrupt.png")), (V,), r"corrupt\.png"),
         Case("data.load_image", "image", "text file named .jpg", lambda: load_image(img("text.jpg")), (V,), r"text\.jpg.*not an image"),
         Case("data.load_image", "image", "decompression bomb (400 Mpixel PNG)", lambda: load_image(img("bomb.png")), (V,), r"bomb\.png.*too large"),
+        Case("data.ImageFolderDataset", "image", "corrupt file inside a dataset", lambda: _folder_with_corrupt_image()[0], (V,), r"x\.png"),
+        Case("data.ImageFolderDataset", "empty", "folder without images", lambda: ImageFolderDataset(Path(tempfile.mkdtemp(dir=o()["root"]))), (FileNotFoundError,), "no image files"),
         Case("data.load_image", "image", "missing file", lambda: load_image(img("missing.png")), (FileNotFoundError,), r"missing\.png"),
         # -- configs and the trainer -----------------------------------------------------------------------------------
         Case("config.load_config", "config", "unknown key (LM)", lambda: load_config(LMRunConfig, None, ["seq_lenn=3"]), (ConfigError,), "seq_lenn"),
