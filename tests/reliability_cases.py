@@ -178,6 +178,14 @@ def _yaml(name: str, text: str) -> Path:
     return path
 
 
+def _hf_folder(config_text: str, bin_only: bool = False) -> Path:
+    folder = Path(tempfile.mkdtemp(dir=_objects()["root"]))
+    (folder / "config.json").write_text(config_text)
+    if bin_only:
+        (folder / "pytorch_model.bin").write_bytes(b"PK\x03\x04 not read")
+    return folder
+
+
 def _folder_with_corrupt_image():
     from tessera.data.folders import ImageFolderDataset
 
@@ -212,6 +220,7 @@ def _cases() -> list[Case]:
     from tessera.icl import CAMLConfig, fixed_episodes, sample_episode
     from tessera.icl.model import CheckpointMismatchError
     from tessera.icl.zoo import load_model
+    from tessera.lm import from_hf
     from tessera.lm.generate import SamplingConfig, generate
     from tessera.lm.pretrained import load_pretrained
     from tessera.lm.processor import Processor
@@ -313,6 +322,10 @@ def _cases() -> list[Case]:
         Case("lm.load_pretrained", "config", "unknown config key", lambda: load_pretrained(_copy_with("lm", _edit_json(("config", "bogus"), 1))), (V,), "bogus"),
         Case("lm.load_pretrained", "config", "wrong config type", lambda: load_pretrained(_copy_with("lm", _edit_json(("config", "num_layers"), "two"))), (V,), "num_layers"),
         Case("lm.load_pretrained", "config", "config not JSON", lambda: load_pretrained(_copy_with("lm", _write("config.json", "{oops"))), (V,), r"config\.json.*JSON"),
+        Case("lm.from_hf", "checkpoint", "missing folder", lambda: from_hf(o()["root"] / "nohf"), (FileNotFoundError,), "nohf"),
+        Case("lm.from_hf", "config", "config not JSON", lambda: from_hf(_hf_folder("{oops")), (V,), r"config\.json.*JSON"),
+        Case("lm.from_hf", "config", "not a Gemma config", lambda: from_hf(_hf_folder('{"model_type": "llama"}')), (V,), "llama"),
+        Case("lm.from_hf", "checkpoint", "pickled weights only", lambda: from_hf(_hf_folder('{"model_type": "gemma", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1, "num_key_value_heads": 1, "head_dim": 8, "intermediate_size": 16}', bin_only=True)), (FileNotFoundError,), "pickled"),
         # -- tessera.data ----------------------------------------------------------------------------------------------
         Case("data.load_image", "image", "truncated PNG", lambda: load_image(img("truncated.png")), (V,), r"truncated\.png"),
         Case("data.load_image", "image", "corrupt PNG", lambda: load_image(img("corrupt.png")), (V,), r"corrupt\.png"),
