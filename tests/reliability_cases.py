@@ -10,6 +10,7 @@ Objects are tiny and built once per process (`_objects`), so the whole catalogue
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import re
@@ -76,6 +77,7 @@ def _objects() -> dict[str, Any]:
 
     torch.manual_seed(0)
     root = Path(tempfile.mkdtemp(prefix="tessera-reliability-"))
+    atexit.register(shutil.rmtree, root, True)
     tok = ImageTokenizer(TokenizerConfig.from_name("vqvae-debug")).eval()
     tok.save_pretrained(root / "tokenizer")
     vocab = Vocabulary.default(image_codebook_size=tok.config.codebook_size)
