@@ -695,7 +695,8 @@ class Decoder(nn.Module):
         B, T = input_ids.shape
         if B == 0 or T == 0:
             raise ValueError(f"input_ids is empty (shape {(B, T)}): an empty batch has nothing to process")
-        check_ids(input_ids, cfg.vocab_size, "input_ids")  # else an embedding 'index out of range' without the range
+        if not torch.compiler.is_compiling():  # a host sync: kept out of compiled graphs
+            check_ids(input_ids, cfg.vocab_size, "input_ids")  # else an embedding 'index out of range' without the range
         check_same_shape(attention_mask, (B, T), "attention_mask", "input_ids")
         check_same_shape(segment_ids, (B, T), "segment_ids", "input_ids")
         past = 0 if cache is None else cache.length
