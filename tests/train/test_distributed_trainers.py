@@ -37,7 +37,7 @@ def assert_same_curve(a: Path, b: Path) -> int:
     rows_a = [r for r in read_metrics_csv(a / "metrics.csv") if r.get("loss") is not None]
     rows_b = [r for r in read_metrics_csv(b / "metrics.csv") if r.get("loss") is not None]
     assert len(rows_a) == len(rows_b) > 0
-    for x, y in zip(rows_a, rows_b):
+    for x, y in zip(rows_a, rows_b, strict=True):
         assert x["step"] == y["step"]
         assert abs(x["loss"] - y["loss"]) <= 1e-4 * max(1.0, abs(y["loss"])), (x, y)
     return len(rows_a)
