@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from tessera.train.log import read_metrics_csv
-from tests.train.trainer_worker import run_worker
+from tests.train.trainer_worker import ROOT, run_worker
 
 
 def assert_close_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str, atol: float = 2e-4) -> None:
@@ -111,3 +111,20 @@ def test_lm_trainer_under_torchrun_fsdp_matches_one_process_and_resumes_in_one(t
     reference = load_file(str(single / "final" / "model.safetensors"))
     assert_close_states(final, reference, "lm fsdp vs single")
     resume_in_one_process("lm", fsdp, single, trainer_env, "train.strategy=fsdp")
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_reports_once(tmp_path, trainer_env):
+    """`torchrun -m tessera tokenizer train`: the CLI itself runs under torchrun, and only rank 0 reports."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tessera",
+           "tokenizer", "train", "--config", str(ROOT / "configs" / "tokenizer" / "vqvae_f4_32px_debug.yaml"),
+           "--run-dir", str(tmp_path / "run"), "train.steps=2", "train.eval_every=0", "train.checkpoint_every=0",
+           "train.tensorboard=false", "data.num_train=32", "data.num_val=8", "eval.grid_images=0"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=trainer_env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("saved tokenizer to") == 1, proc.stdout
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")] == ["step_0000002"]
