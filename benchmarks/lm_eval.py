@@ -167,9 +167,33 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "lm_quick" if profile == "quick" else "lm"  # the doc's header names the profile
+    results = _merge_earlier_sizes(out / f"{stem}.json", meta, results)
     (out / f"{stem}.json").write_text(json.dumps({**meta, "results": results}, indent=2, default=float) + "\n")
     (out / f"{stem}.md").write_text(render(meta, results))
     print((out / f"{stem}.md").read_text())
+
+
+def _merge_earlier_sizes(path: Path, meta: dict, results: dict) -> dict:
+    """Keep sizes evaluated by an earlier run of the same profile and setup (`--sizes ultra` adds a column).
+
+    Sizes can then be trained one run at a time on a slow machine; a column from a different setup is never mixed in.
+    """
+    if not path.is_file():
+        return results
+    old = json.loads(path.read_text())
+    same = old.get("profile") == meta["profile"] and {k: v for k, v in old.get("setup", {}).items() if k != "lr"} == {
+        k: v for k, v in json.loads(json.dumps(meta["setup"], default=float)).items() if k != "lr"}
+    if not same:
+        return results
+    merged = {size: old["results"][size] for size in old.get("results", {}) if size not in results}
+    if not merged:
+        return results
+    meta["setup"]["lr"] = {**old["setup"].get("lr", {}), **meta["setup"]["lr"]}
+    meta["wall_s"] += old.get("wall_s", 0.0)
+    meta["timings_s"] = {**old.get("timings_s", {}), **meta["timings_s"]}
+    meta["command"] += f" (sizes {', '.join(merged)} from an earlier run of the same profile and setup)"
+    merged.update(results)
+    return {size: merged[size] for size in SIZES if size in merged}
 
 
 def _pct(x: float) -> str:
