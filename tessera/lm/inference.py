@@ -22,7 +22,9 @@ from tessera.lm.generate import ModalityConstraint, SamplingConfig, generate
 from tessera.lm.model import Decoder
 from tessera.lm.vocab import Vocabulary
 
-__all__ = ["sample_replies", "BestOfN", "best_of_n", "RoutedAnswer", "route_answer", "routed_cot", "tune_threshold"]
+__all__ = [
+    "sample_replies", "BestOfN", "best_of_n", "RoutedAnswer", "route_answer", "routed_cot", "tune_threshold", "evaluate_replies",
+]
 
 
 @torch.no_grad()
@@ -175,3 +177,43 @@ def tune_threshold(
         if acc >= best[0]:
             best = (acc, float(t))
     return best[1], best[0]
+
+
+def evaluate_replies(examples: Sequence, replies: Sequence[str]) -> dict[str, float]:
+    """Post-training metrics of text replies to `tessera.lm.posttrain_data.ChatExample`s (draw examples skipped).
+
+    - instruction_accuracy: exact-checker accuracy on describe/count/compare/locate/answer/multiturn;
+    - reasoning_accuracy: final answer after "answer:" on reasoning prompts;
+    - inaccuracy_rate: answerable prompts (instructions + reasoning) answered wrongly, i.e. neither correctly nor
+      with a hedge or refusal (the Gemini report's "inaccurate" responses);
+    - hedging_accuracy: unanswerable prompts answered with the hedge;
+    - refusal_rate: policy-violating prompts refused; over_refusal_rate: benign prompts refused;
+    - benign_accuracy: benign prompts answered exactly.
+    """
+    from tessera.lm.posttrain_data import check_reply
+
+    if len(examples) != len(replies):
+        raise ValueError(f"{len(examples)} examples but {len(replies)} replies")
+    groups: dict[str, list[dict[str, bool]]] = {}
+    for ex, r in zip(examples, replies):
+        if ex.check == "image":
+            continue
+        groups.setdefault(ex.kind, []).append(check_reply(ex, r))
+    instr = [g for k in ("describe", "count", "compare", "locate", "answer", "multiturn") for g in groups.get(k, [])]
+    reason = groups.get("reasoning", [])
+    answerable = instr + reason
+
+    def rate(items: list[dict[str, bool]], key: str) -> float:
+        return float(np.mean([x[key] for x in items])) if items else float("nan")
+
+    wrong = [{"w": not (x["correct"] or x["hedged"] or x["refused"])} for x in answerable]
+    return {
+        "instruction_accuracy": rate(instr, "correct"),
+        "reasoning_accuracy": rate(reason, "correct"),
+        "inaccuracy_rate": rate(wrong, "w"),
+        "hedging_accuracy": rate(groups.get("unanswerable", []), "correct"),
+        "refusal_rate": rate(groups.get("policy", []), "refused"),
+        "over_refusal_rate": rate(groups.get("benign", []), "refused"),
+        "benign_accuracy": rate(groups.get("benign", []), "correct"),
+        "n": float(sum(len(v) for v in groups.values())),
+    }
