@@ -131,56 +131,42 @@ def render_chat(messages: Sequence[dict], *, add_generation_prompt: bool = False
     return "".join(out)
 
 
-def parse_chat(items: Sequence[Any], vocab: Vocabulary) -> list[dict]:
-    """Turn a decoded sequence back into messages.
+def parse_chat(ids: Sequence[int], vocab: Vocabulary, decode: Callable[[list[int]], list[Any]]) -> list[dict]:
+    """Turn ids of a rendered conversation back into messages.
 
-    Args:
-        items: what `Processor.decode(ids, skip_control=True)` returns: strings (special tokens rendered by name)
-            and images.
-        vocab: unused today; kept so the signature does not change if markers become configurable.
+    Turns are split at the `<start_of_turn>` / `<end_of_turn>` ids (so text that merely spells a marker stays text),
+    then each turn's ids are decoded with `decode` (e.g. `Processor.decode`: strings and images).
 
     Returns:
         Messages with role and content (a string, or a list when the turn holds images). A final turn that was
-        not closed (generation cut short) is returned as it is.
+        not closed (generation cut short) is returned as it is; ids outside turns (`<bos>`, newlines) are dropped.
+
+    Raises:
+        ValueError: a turn header that is not a known role followed by a newline.
     """
-    del vocab
-    messages: list[dict] = []
-    current: dict | None = None
-    for item in items:
-        if not isinstance(item, str):
-            if current is not None:
-                current["content"].append(item)
-            continue
-        text = item
-        while text:
-            if current is None:
-                k = text.find(START_OF_TURN)
-                if k < 0:
-                    break  # text outside any turn (e.g. the "\n" between turns) is not part of a message
-                text = text[k + len(START_OF_TURN) :]
-                role, sep, rest = text.partition("\n")
-                if not sep or role not in ROLES:
-                    raise ValueError(f"malformed chat turn header {role[:20]!r}; expected one of {ROLES} and a newline")
-                current = {"role": role, "content": []}
-                text = rest
-            else:
-                k = text.find(END_OF_TURN)
-                piece = text if k < 0 else text[:k]
-                if piece:
-                    current["content"].append(piece)
-                if k < 0:
-                    break
-                messages.append(current)
-                current = None
-                text = text[k + len(END_OF_TURN) :]
+    start, end = vocab.token_id(START_OF_TURN), vocab.token_id(END_OF_TURN)
+    turns: list[list[int]] = []
+    current: list[int] | None = None
+    for t in (int(i) for i in ids):
+        if t == start:
+            if current is not None:  # an unclosed turn followed by a new one
+                turns.append(current)
+            current = []
+        elif t == end and current is not None:
+            turns.append(current)
+            current = None
+        elif current is not None:
+            current.append(t)
     if current is not None:
-        messages.append(current)
-    for m in messages:
-        parts: list[Any] = []
-        for x in m["content"]:  # merge adjacent strings
-            if isinstance(x, str) and parts and isinstance(parts[-1], str):
-                parts[-1] += x
-            else:
-                parts.append(x)
-        m["content"] = parts[0] if len(parts) == 1 and isinstance(parts[0], str) else (parts or "")
+        turns.append(current)
+    messages = []
+    for turn in turns:
+        items = [x for x in decode(turn) if not (isinstance(x, str) and not x)]
+        head = items[0] if items and isinstance(items[0], str) else ""
+        role, sep, rest = head.partition("\n")
+        if not sep or role not in ROLES:
+            raise ValueError(f"malformed chat turn header {role[:20]!r}; expected one of {ROLES} and a newline")
+        content = ([rest] if rest else []) + items[1:]
+        messages.append({"role": role, "content": content[0] if len(content) == 1 and isinstance(content[0], str)
+                         else (content or "")})
     return messages

@@ -281,7 +281,7 @@ class Processor:
         """Messages of a rendered conversation (the inverse of `apply_chat_template`; images decoded to pixels)."""
         from tessera.lm.chat import parse_chat
 
-        return parse_chat(self.decode(ids), self.vocab)
+        return parse_chat(ids.tolist() if isinstance(ids, torch.Tensor) else ids, self.vocab, self.decode)
 
     # -- decoding ------------------------------------------------------------------------------------------------------
     def decode(self, ids: Sequence[int] | torch.Tensor, *, skip_control: bool = True, decode_images: bool = True) -> list[str | torch.Tensor]:
