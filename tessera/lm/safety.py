@@ -167,8 +167,12 @@ class SafetyFilter:
 
 
 def _user_text(messages: Sequence[dict]) -> str:
-    last = [m for m in messages if m["role"] == "user"][-1:]
-    parts = [m["content"]] if last and isinstance(last[0]["content"], str) else (last[0]["content"] if last else [])
+    """Text of the last user turn (earlier turns were checked when they were sent)."""
+    users = [m for m in messages if m["role"] == "user"]
+    if not users:
+        return ""
+    content = users[-1]["content"]
+    parts = [content] if isinstance(content, str) else content
     return " ".join(x for x in parts if isinstance(x, str))
 
 
