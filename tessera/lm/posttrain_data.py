@@ -386,7 +386,8 @@ def policy_texts(split: str = "train") -> list[tuple[str, int]]:
             if _held_out("benign", t, x) == (split == "test"):
                 out.append((tmpl.format(x=x), 0))
     rng = np.random.default_rng(0 if split == "train" else 1)
-    benign_text = [REFUSAL, HEDGE, "describe the picture.", "how many shapes are there?", "which picture has more shapes?"]
+    benign_text = [REFUSAL, HEDGE, "describe the picture.", "how many shapes are there?", "which picture has more shapes?",
+                   "yes.", "no.", "one.", "two.", "the first.", "answer: 3.", "hello.", "thank you."]
     for _ in range(60):
         sc = S.sample_scene(rng, "train" if split == "train" else "test")
         o = _pick(rng, sc.objects)

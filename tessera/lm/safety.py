@@ -139,8 +139,8 @@ class SafetyFilter:
         for pattern, phrase in zip(self._block, self.config.blocklist):
             if pattern.search(low):
                 return Verdict(True, f"blocklist: {phrase!r}", 1.0)
-        if self.classifier is None:
-            return Verdict(False, "", 0.0)
+        if self.classifier is None or not _WORD.search(low):
+            return Verdict(False, "", 0.0)  # no words, nothing for the classifier to judge (its bias alone decides nothing)
         score = float(self.classifier.predict_proba([text])[0])
         limit = self.config.input_threshold if where == "input" else self.config.output_threshold
         if score >= limit:
