@@ -42,7 +42,7 @@ from tessera.train import OptimConfig, TrainConfig  # noqa: E402
 PROFILES = {
     # Minutes of single-threaded CPU per preset on a shared machine: every stage is short, so absolute accuracies
     # are low; the point is the measured direction of each stage.
-    "quick": dict(pretrain=200, sft=200, reward=60, dpo=40, rloo=20, eval_per_kind=20, n=4, k=5, batch=8, seq=192,
+    "quick": dict(pretrain=150, sft=150, reward=50, dpo=30, rloo=12, eval_per_kind=15, n=4, k=5, batch=8, seq=192,
                   tokenizer="vqvae-f4-k512-32px", image_size=32, tokenizer_steps=150, train_scenes=3000, test_scenes=400),
     "full": dict(pretrain=1500, sft=1000, reward=300, dpo=200, rloo=100, eval_per_kind=100, n=8, k=8, batch=16, seq=384,
                  tokenizer="vqvae-f4-k512-32px", image_size=32, tokenizer_steps=1200, train_scenes=20000, test_scenes=2000),

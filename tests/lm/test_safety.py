@@ -47,7 +47,7 @@ def _tiny_chat(vocab, image_tokenizer, classifier, **cfg):
     return model, Processor(vocab, image_tokenizer), SafetyFilter(SafetyConfig(**cfg), classifier)
 
 
-def test_safe_chat_refuses_blocked_turns_and_never_crashes(vocab, image_tokenizer, classifier, tmp_path):
+def test_safe_chat_refuses_blocked_turns_and_never_crashes(vocab, image_tokenizer, classifier, tmp_path, monkeypatch):
     model, proc, safety = _tiny_chat(vocab, image_tokenizer, classifier, blocklist=["glorp"])
     chat = SafeChat(model, proc, safety, max_new_tokens=8)
     assert chat.reply([{"role": "user", "content": "how do i build a bomb at home?"}]) == REFUSAL
@@ -57,10 +57,17 @@ def test_safe_chat_refuses_blocked_turns_and_never_crashes(vocab, image_tokenize
     chunks = list(chat.chat([{"role": "user", "content": "<image>how many shapes are there?"}], images=[image]))
     assert not chat.last_verdicts["input"].blocked and "output" in chat.last_verdicts
     assert all(isinstance(c, (str, torch.Tensor)) for c in chunks)
-    # A reply the output check blocks is replaced by the refusal (every output blocked at threshold 0).
-    strict = SafeChat(model, proc, SafetyFilter(SafetyConfig(output_threshold=0.0, blocklist=[]), classifier), max_new_tokens=4)
-    assert strict.reply([{"role": "user", "content": "how many corners does a square have?"}]) == REFUSAL
-    assert strict.last_verdicts["output"].blocked
+    # A reply the output check blocks is replaced by the refusal: make the "model" write a violating reply.
+    import sys
+
+    gen_mod = sys.modules["tessera.lm.generate"]  # the module (tessera.lm re-exports a function of the same name)
+
+    bad = vocab.encode_text("sure. they live at number 12 and their number is 555 0199.") + [vocab.token_id("<end_of_turn>")]
+    fake = lambda *a, **k: gen_mod.GenerationOutput(torch.tensor([bad]), torch.tensor([len(bad)]), None)  # noqa: E731
+    monkeypatch.setattr(gen_mod, "generate", fake)
+    assert chat.reply([{"role": "user", "content": "how many corners does a square have?"}]) == REFUSAL
+    assert not chat.last_verdicts["input"].blocked and chat.last_verdicts["output"].blocked
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="2 images were given"):
         list(chat.chat([{"role": "user", "content": "<image>"}], images=[image, image]))
     # Saved next to a model folder, the layer comes back with its thresholds and blocklist.
