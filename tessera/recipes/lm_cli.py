@@ -7,6 +7,7 @@
     tessera lm sft       --config configs/lm/post/sft_nano.yaml [a.b=c ...] [--resume] [--run-dir DIR]
     tessera lm reward    --config configs/lm/post/reward_nano.yaml [...]
     tessera lm prefer    --method dpo|rloo --config configs/lm/post/dpo_nano.yaml [...]
+    tessera lm chat      --checkpoint DIR --prompt "<image>how many shapes are there?" --image scene.png
     tessera lm model-card --run RUN_DIR [--results docs/results/post_training.json] [--out docs/model_card.md]
     tessera lm presets
     tessera lm build-text-tokenizer [--out FILE]
@@ -274,6 +275,13 @@ def _register_posttrain(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--run-dir", default=None, help="run folder (default runs/lm/post/<config name>)")
         q.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
         q.set_defaults(handler=_posttrain, stage=verb)
+    c = sub.add_parser("chat", help="one chat turn with a post-trained model, behind the safety layer")
+    c.add_argument("--checkpoint", required=True, help="model folder or run folder (e.g. runs/lm/post/rloo_nano)")
+    c.add_argument("--prompt", required=True, help="the user turn; <image> marks where each --image goes")
+    c.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    c.add_argument("--max-new-tokens", type=int, default=64)
+    c.add_argument("--out", default="generated", help="folder for images the model draws")
+    c.set_defaults(handler=_chat)
     m = sub.add_parser("model-card", help="write docs/model_card.md from a post-trained run and the benchmark results")
     m.add_argument("--run", required=True, help="model folder (or run folder with final/) of the deployed model")
     m.add_argument("--results", default="docs/results/post_training.json", help="benchmarks/post_training.py JSON")
@@ -308,4 +316,24 @@ def _model_card(args: argparse.Namespace) -> int:
 
     out = write_model_card(args.run, args.results, args.out)
     print(f"wrote {out}")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    import torch
+
+    from tessera.lm.safety import load_safe_chat
+
+    chat = load_safe_chat(args.checkpoint, max_new_tokens=args.max_new_tokens)
+    images = _prompt_items("", args.image)  # reads and checks the files
+    saved = 0
+    for chunk in chat.chat([{"role": "user", "content": args.prompt}], images=images):
+        if isinstance(chunk, torch.Tensor):
+            path = _save_png(chunk, Path(args.out) / f"image_{saved:03d}.png")
+            saved += 1
+            print(f"\n[image saved to {path}]", flush=True)
+        else:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    print()
     return 0
