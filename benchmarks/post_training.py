@@ -236,7 +236,7 @@ def render(results: dict) -> str:
         for name, m in r["rows"].items():
             lines.append(f"| {name} | " + " | ".join(_fmt(m[c]) for c in COLUMNS) + " |")
         rc = r["routed_cot"]
-        lines += ["", f"Reward model, held-out pairwise accuracy: " + ", ".join(
+        lines += ["", "Reward model, held-out pairwise accuracy: " + ", ".join(
             f"{k.split('/')[-1]} {v:.2f}" for k, v in r["reward_model"].items()) + ".",
             f"Routed CoT: threshold {rc['threshold']:.2f} tuned on validation prompts (accuracy {rc['validation_accuracy']:.2f}); "
             f"on the test prompts the majority was used for {_fmt(rc['test_majority_share'])} of them.", "",
