@@ -185,6 +185,8 @@ def run_preset(preset: str, p: dict, runs: Path, log) -> dict:
     n_params = sum(x.numel() for x in policy.parameters())
     return {
         "rows": rows,
+        "row_order": list(rows),  # JSON files sort their keys
+        "safety_order": list(safety_rows),
         "reward_model": record["eval"],
         "safety": safety_rows,
         "routed_cot": {"threshold": threshold, "validation_accuracy": val_acc, "test_majority_share": routed_share},
@@ -195,6 +197,16 @@ def run_preset(preset: str, p: dict, runs: Path, log) -> dict:
         "eval_items": len(examples),
         "runs": {s: str(d) for s, d in stage_dir.items()},
     }
+
+
+def _ensure_order(r: dict) -> None:
+    """Row order for results written before the order was stored (JSON sorts keys)."""
+    def rank(name: str) -> tuple[int, str]:
+        fixed = {"base": 0, "SFT": 1, "SFT+DPO": 2, "SFT+RL (RLOO)": 3}
+        return (fixed.get(name, 5 if "routed" in name else 4), name)
+
+    r.setdefault("row_order", sorted(r["rows"], key=rank))
+    r.setdefault("safety_order", sorted(r["safety"], key=lambda n: (n.startswith("classifier"), n.startswith("model +"), n)))
 
 
 def _fmt(v) -> str:
@@ -233,7 +245,8 @@ def render(results: dict) -> str:
     for preset, r in results["presets"].items():
         lines += [f"## {preset} ({r['parameters'] / 1e6:.2f}M parameters)", "",
                   "| stage | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-        for name, m in r["rows"].items():
+        for name in r.get("row_order", list(r["rows"])):
+            m = r["rows"][name]
             lines.append(f"| {name} | " + " | ".join(_fmt(m[c]) for c in COLUMNS) + " |")
         rc = r["routed_cot"]
         lines += ["", "Reward model, held-out pairwise accuracy: " + ", ".join(
@@ -241,7 +254,8 @@ def render(results: dict) -> str:
             f"Routed CoT: threshold {rc['threshold']:.2f} tuned on validation prompts (accuracy {rc['validation_accuracy']:.2f}); "
             f"on the test prompts the majority was used for {_fmt(rc['test_majority_share'])} of them.", "",
             "| safety | refusal on policy prompts | over-refusal on benign prompts |", "|---|---|---|"]
-        for name, s in r["safety"].items():
+        for name in r.get("safety_order", list(r["safety"])):
+            s = r["safety"][name]
             lines.append(f"| {name} | {_fmt(s['refusal_rate'])} | {_fmt(s['over_refusal_rate'])} |")
         lines += ["", "Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()) + ".",
                   f"Example SFT+RL reply to a count prompt: `{r['rows'][next(k for k in r['rows'] if k.startswith('SFT+RL'))]['example_reply']}`", ""]
@@ -253,7 +267,7 @@ def notes(results: dict) -> str:
     """Plain statements computed from the numbers (which stages helped, which did not)."""
     out = []
     for preset, r in results["presets"].items():
-        rows = list(r["rows"].items())
+        rows = [(k, r["rows"][k]) for k in r.get("row_order", list(r["rows"]))]
         base, sft = r["rows"]["base"], r["rows"]["SFT"]
         out.append(f"- {preset}: SFT moves instruction accuracy {base['instruction_accuracy']:.2f} -> {sft['instruction_accuracy']:.2f} "
                    f"and hedging {base['hedging_accuracy']:.2f} -> {sft['hedging_accuracy']:.2f}.")
@@ -281,6 +295,8 @@ def main() -> int:
         results = {"meta": {**parts[0]["meta"], "command": " && ".join(x["meta"]["command"] for x in parts)
                             + f" && python benchmarks/post_training.py --merge {' '.join(args.merge)}"},
                    "presets": {k: v for x in parts for k, v in x["presets"].items()}}
+        for r in results["presets"].values():
+            _ensure_order(r)
         results["notes"] = notes(results)
         atomic_write_json(Path(args.out + ".json"), results)
         atomic_write_text(Path(args.out + ".md"), render(results))

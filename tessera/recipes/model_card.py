@@ -29,6 +29,16 @@ def _model_folder(run: Path) -> Path:
     raise FileNotFoundError(f"{run}: no model folder (config.json) here or in final/")
 
 
+def _rel(path: str | None) -> str | None:
+    """A path relative to the working directory when it lies below it (cards should not name one machine's home)."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def _num(v) -> str:
     if not isinstance(v, (int, float)) or v != v:
         return "n/a"
@@ -39,6 +49,7 @@ def render_model_card(run: str | Path, results: dict | None) -> str:
     """Markdown of the card for the model in `run` (a model folder or a run folder with final/)."""
     folder = _model_folder(Path(run))
     config = json.loads((folder / "config.json").read_text())
+    config = config.get("config", config)  # Decoder.save_pretrained nests the DecoderConfig under "config"
     post = json.loads((folder / "posttrain.json").read_text()) if (folder / "posttrain.json").is_file() else {}
     safety = json.loads((folder / "safety" / "safety.json").read_text()) if (folder / "safety" / "safety.json").is_file() else {}
     size = f"{config.get('num_layers')} layers, width {config.get('embed_dim')}, vocabulary {config.get('vocab_size')}"
@@ -51,8 +62,8 @@ def render_model_card(run: str | Path, results: dict | None) -> str:
         "## Model",
         f"- Decoder-only multimodal transformer ({size}) over one vocabulary of text pieces and image codes "
         "(`tessera.lm`); images in and out as discrete codes of Tessera's VQ image tokenizer.",
-        f"- Last post-training stage: **{post.get('stage', 'unknown')}** (started from `{post.get('init')}`"
-        + (f", reward model `{post.get('reward_model')}`" if post.get("reward_model") else "") + ").",
+        f"- Last post-training stage: **{post.get('stage', 'unknown')}** (started from `{_rel(post.get('init'))}`"
+        + (f", reward model `{_rel(post.get('reward_model'))}`" if post.get("reward_model") else "") + ").",
         f"- Training tokens up to this stage: {_num(post.get('tokens_total'))} (post-training stages only, as recorded "
         "in posttrain.json; the benchmark table below adds pretraining).",
         "",
@@ -80,11 +91,13 @@ def render_model_card(run: str | Path, results: dict | None) -> str:
         for preset, r in results["presets"].items():
             lines += ["", f"**{preset}** ({r['eval_items']} held-out items):", "",
                       "| stage | " + " | ".join(_COLUMNS) + " |", "|---" * (len(_COLUMNS) + 1) + "|"]
-            for name, m in r["rows"].items():
+            for name in r.get("row_order", list(r["rows"])):  # JSON files sort their keys; the order is kept apart
+                m = r["rows"][name]
                 lines.append(f"| {name} | " + " | ".join(_num(m.get(c)) for c in _COLUMNS) + " |")
             lines += ["", "Refusal and over-refusal:", "", "| | refusal on policy prompts | over-refusal on benign prompts |",
                       "|---|---|---|"]
-            for name, s in r["safety"].items():
+            for name in r.get("safety_order", list(r["safety"])):
+                s = r["safety"][name]
                 lines.append(f"| {name} | {_num(s['refusal_rate'])} | {_num(s['over_refusal_rate'])} |")
         lines += ["", f"Profile: {results['meta']['profile']}; see `docs/results/post_training.md` for the settings, "
                   "the machine and notes on which stages helped."]

@@ -48,6 +48,12 @@ def test_dpo_gradient_when_policy_equals_reference():
     assert terms.loss.item() == pytest.approx(math.log(2))
     terms.loss.backward()
     assert logp.grad.tolist() == pytest.approx([-0.05, -0.05, 0.05, 0.05])
+    # The frozen reference never receives a gradient, even when handed tensors that require one.
+    ref_c, ref_r = ref[:2].clone().requires_grad_(), ref[2:].clone().requires_grad_()
+    pol = logp.detach().clone().requires_grad_()
+    dpo_loss(pol[:2], pol[2:], ref_c, ref_r, beta=0.2).loss.backward()
+    assert pol.grad is not None
+    assert ref_c.grad is None and ref_r.grad is None
     # Zero gradient when the two replies of each pair are the same sequence (policy == reference == any value).
     same = torch.tensor([-2.0, -3.0], requires_grad=True)
     dpo_loss(same, same, same.detach(), same.detach(), beta=0.2).loss.backward()
