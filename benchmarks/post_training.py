@@ -277,6 +277,19 @@ def notes(results: dict) -> str:
             worse = [c for c, d in deltas.items() if (d < -0.02 if c not in ("inaccuracy_rate", "over_refusal_rate") else d > 0.02)]
             out.append(f"- {preset}, {name} vs SFT: better on {', '.join(better) or 'nothing'}; worse on {', '.join(worse) or 'nothing'} "
                        f"(differences over 0.02).")
+            if m["rm_win_rate_vs_sft"] > 0.6 and deltas["instruction_accuracy"] < -0.02:
+                out.append(f"  The reward model prefers these replies to SFT's ({m['rm_win_rate_vs_sft']:.2f}) although the exact "
+                           f"checker scores them lower: the reward model is weak where it matters (held-out correct-vs-wrong "
+                           f"pair accuracy {r['reward_model'].get('pairwise_accuracy/correct_vs_wrong', float('nan')):.2f}), "
+                           "and selecting against it exploits that.")
+        if r["rows"]["SFT+DPO"]["refusal_rate"] < sft["refusal_rate"] - 0.2:
+            out.append(f"- {preset}: DPO lowered the refusal rate on policy prompts from {sft['refusal_rate']:.2f} to "
+                       f"{r['rows']['SFT+DPO']['refusal_rate']:.2f}; the safety layer still refuses "
+                       f"{r['safety']['model + safety layer']['refusal_rate']:.2f} of them in front of the RL model.")
+        base_win = r["rows"]["base"]["rm_win_rate_vs_sft"]
+        if base_win > 0.5:
+            out.append(f"- {preset}: the reward model even prefers the untuned base model's replies to SFT's ({base_win:.2f}), "
+                       "another sign that its scores are not a reliable measure of quality at this scale.")
     return "\n".join(out)
 
 
