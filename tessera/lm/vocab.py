@@ -171,8 +171,9 @@ class Vocabulary:
         if not layout_path.is_file():
             raise FileNotFoundError(f"{folder}: no vocab.json")
         layout = json.loads(layout_path.read_text())
-        vocab = cls(folder / "tokenizer.model", {k: v[1] - v[0] for k, v in layout["code_ranges"].items()})
-        if vocab.layout() != layout:
+        ranges = sorted(layout["code_ranges"].items(), key=lambda kv: kv[1][0])  # id order (JSON may sort the keys)
+        vocab = cls(folder / "tokenizer.model", {k: v[1] - v[0] for k, v in ranges})
+        if json.dumps(vocab.layout(), sort_keys=True) != json.dumps(layout, sort_keys=True):
             raise ValueError(f"{folder}: tokenizer.model does not match vocab.json (text size or checksum differs)")
         return vocab
 
