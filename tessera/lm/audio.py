@@ -5,8 +5,8 @@ Axis legend: N samples, M mel bins, F mel frames, B batch, D code-space channels
 Pipeline (every step shared by the embedded corpus and a user's WAV files, so both are read the same way):
 1. `load_audio(path)`: any file libsndfile reads (WAV, FLAC, OGG) -> mono float32 at 16 kHz (polyphase resampling);
 2. `log_mel(waveform)`: 25 ms Hann windows every 10 ms (`torch.stft`), a Slaney mel filterbank from librosa, log10,
-   floored 8 decades under the loudest bin and scaled to about [-1, 1] (Whisper's normalisation), so loudness
-   differences between voices and files mostly cancel;
+   floored 8 decades under the loudest bin (Whisper's floor) and shifted so the loudest bin is 1, i.e. features in
+   [-1, 1] that do not depend on a file's gain;
 3. `AudioTokenizer`: a small strided 1-D conv encoder (time downsampled 4x: one token per 40 ms), a
    `tessera.quantize.VectorQuantizer` with the rotation trick, and a mirrored decoder back to mel frames trained on
    reconstruction. The decoder only exists to train the codes; the LM reads codes and answers in text.
@@ -63,6 +63,7 @@ _log = logging.getLogger(__name__)
 SAMPLE_RATE = 16_000
 N_FFT = 400  # 25 ms
 HOP = 160  # 10 ms
+_FEATURES = "logmel-peak-v2"  # part of the audio tokenizer's cache key: bump when `log_mel` changes
 
 
 class AudioClip(NamedTuple):
@@ -147,7 +148,7 @@ def _mel_filters(n_mels: int) -> torch.Tensor:
 
 
 def log_mel(waveform: torch.Tensor | np.ndarray, n_mels: int = 64) -> torch.Tensor:
-    """16 kHz mono samples (N,) -> normalised log-mel features (M, F), F = N // 160 + 1 frames.
+    """16 kHz mono samples (N,) -> log-mel features (M, F) in [-1, 1] (peak at 1), F = N // 160 + 1 frames.
 
     Raises:
         ValueError / TypeError: not mono, not float, too short, or non-finite.
@@ -156,8 +157,9 @@ def log_mel(waveform: torch.Tensor | np.ndarray, n_mels: int = 64) -> torch.Tens
     spec = torch.stft(w, N_FFT, HOP, window=torch.hann_window(N_FFT), return_complex=True).abs().pow(2)  # (N_FFT/2+1, F)
     mel = _mel_filters(n_mels) @ spec  # (M, F)
     logm = mel.clamp_min(1e-10).log10()
-    logm = torch.maximum(logm, logm.max() - 8.0)  # dynamic range of 80 dB below the loudest bin
-    return (logm + 4.0) / 4.0
+    peak = logm.max()
+    logm = torch.maximum(logm, peak - 8.0)  # dynamic range of 80 dB below the loudest bin
+    return (logm - peak + 4.0) / 4.0  # in [-1, 1], the loudest bin at 1: a file's gain does not change the features
 
 
 def trim_silence(waveform: np.ndarray, top_db: float = 40.0) -> np.ndarray:
@@ -529,7 +531,7 @@ def ensure_audio_tokenizer(
     corpus_cfg = corpus_cfg or SpokenCorpusConfig()
     config = config or AudioTokenizerConfig()
     corpus = build_spoken_corpus(corpus_cfg)
-    key = hashlib.sha256(json.dumps([_corpus_key(corpus_cfg), asdict(config), steps, seed, "v1"]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([_corpus_key(corpus_cfg), asdict(config), steps, seed, _FEATURES]).encode()).hexdigest()[:12]
     folder = cache_dir("lm", "audio_tokenizer", key)
     if not (folder / "model.safetensors").is_file():
         _log.info("training the audio tokenizer for %d steps (cached in %s)", steps, folder)

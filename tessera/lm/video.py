@@ -28,6 +28,7 @@ __all__ = [
     "video_answer_choices",
     "sample_video_question",
     "MAX_FRAMES",
+    "load_video",
 ]
 
 MAX_FRAMES = 16
@@ -110,3 +111,39 @@ def sample_video_question(plan: dict[str, Any], rng: np.random.Generator, qtype:
     if qtype == "count":
         return "count", "how many events happen?", _COUNT_WORDS[len(plan["events"])]
     raise ValueError(f"unknown video question type {qtype!r}; known: {VIDEO_QUESTION_TYPES}")
+
+
+def load_video(path: Any, max_frames: int = MAX_FRAMES) -> torch.Tensor:
+    """A clip from disk -> float (T, 3, H, W) in [0, 1]: a `.npy` uint8 array (T, H, W, C), an animated GIF / WebP /
+    multi-page TIFF, or a folder of frame images (read in sorted name order).
+
+    Raises:
+        FileNotFoundError: no such file or folder.
+        ValueError: unreadable file, an empty folder, or a clip `to_video_tensor` rejects (frame count, sizes).
+    """
+    from pathlib import Path
+
+    from PIL import Image, ImageSequence, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"video not found: {path}")
+    try:
+        if path.is_dir():
+            files = sorted(f for f in path.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
+            if not files:
+                raise ValueError(f"{path}: the folder holds no frame images (.png/.jpg/.bmp/.webp)")
+            frames: Any = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        elif path.suffix.lower() == ".npy":
+            frames = np.load(path, allow_pickle=False)
+            if frames.dtype != np.uint8:
+                raise ValueError(f"{path}: a .npy clip must be uint8 (T, H, W, C), got {frames.dtype}")
+        else:
+            with Image.open(path) as im:
+                frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"cannot read video {path}: {exc}") from exc
+    try:
+        return to_video_tensor(frames, max_frames)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
