@@ -324,3 +324,42 @@ def test_audio_and_video_prompts_generate(proc, small_corpus):
     for fn in (video_qa_accuracy, spoken_word_accuracy, spoken_vqa_accuracy):
         r = fn(model, proc, small_corpus, n=6, batch_size=3)
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 < r["chance"] < 1.0 and r["n"] == 6
+
+
+@needs_espeak
+@pytest.mark.slow
+@pytest.mark.integration
+def test_cli_builds_audio_trains_the_modalities_debug_config_and_answers_audio_and_video_prompts(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from PIL import Image
+
+    from tessera.cli import main
+    from tessera.lm.pretrained import load_pretrained
+
+    monkeypatch.setenv("TESSERA_CACHE", str(tmp_path / "cache"))
+    assert main(["lm", "audio-build", "--debug", "--steps", "20"]) == 0
+    assert "held-out speakers" in capsys.readouterr().out
+    config = Path(__file__).resolve().parents[2] / "configs" / "lm" / "modalities_debug.yaml"
+    run = tmp_path / "run"
+    assert main(["lm", "train", "--config", str(config), "--run-dir", str(run)]) == 0
+    final = run / "final"
+    assert (final / "audio_tokenizer" / "model.safetensors").is_file()
+    model, proc = load_pretrained(final)
+    assert proc.audio_tokenizer is not None and model.cfg.vocab_size == proc.vocab.size
+    wav = tmp_path / "question.wav"
+    sf.write(wav, synthesize("what shape is at the top left", "en-us+m3"), SAMPLE_RATE)
+    clip = tmp_path / "clip.npy"
+    np.save(clip, (np.random.default_rng(0).random((4, 16, 16, 3)) * 255).astype(np.uint8))
+    image = tmp_path / "scene.png"
+    Image.fromarray((np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8)).save(image)
+    capsys.readouterr()
+    assert main(["lm", "generate", "--checkpoint", str(final), "--prompt", "<image><audio>answer:", "--image", str(image),
+                 "--audio", str(wav), "--max-new-tokens", "4", "--no-images"]) == 0
+    assert main(["lm", "generate", "--checkpoint", str(final), "--prompt", "<video>question: which way does it move? answer:",
+                 "--video", str(clip), "--max-new-tokens", "4", "--no-images"]) == 0
+    capsys.readouterr()
+    assert main(["lm", "generate", "--checkpoint", str(final), "--prompt", "<audio><audio>", "--audio", str(wav)]) == 1
+    assert "2 <audio> markers but 1 --audio files" in capsys.readouterr().err
+    assert main(["lm", "generate", "--checkpoint", str(final), "--prompt", "<audio>", "--audio", str(tmp_path / "nope.wav")]) == 1
+    assert "audio file not found" in capsys.readouterr().err
