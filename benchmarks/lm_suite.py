@@ -18,9 +18,13 @@ column needs `--distilled` (a model folder from `tessera lm distill`, with this 
 retrieval uses `tessera.lm.longcontext.retrieval_accuracy` when it exists. Anything unavailable is reported as
 "not run", never estimated.
 
-Few-shot side by side: the same episodes (same images, same seeds) answered by each LM (label log-likelihood) and by a
-CAML checkpoint (`--caml`, default: the newest `runs/icl/*/final` holding a CAML) on its frozen extractor's features,
-plus the training-free prototype classifier on the same features as a reference.
+Few-shot side by side: the same episodes (same images, same seeds) answered by each LM (label log-likelihood) and by
+CAML on a frozen extractor's features: a checkpoint given with `--caml`, or else a caml-xs trained here on
+tessera-resnet-s features of episodes from the LM corpus' *train* pools (the LMs' own training images), plus the
+training-free prototype classifier on the same features as a reference.
+
+`--reuse` takes the LM columns from an earlier docs/results/lm_suite.json of the same profile and config instead of
+evaluating them again (to add or redo the CAML comparison or a late column).
 """
 
 from __future__ import annotations
@@ -57,12 +61,12 @@ ROWS = ("captioning", "VQA", "caption-to-image", "video QA", "spoken-word recogn
         "long-context retrieval", "few-shot in-context classification")
 PROFILES: dict[str, dict[str, Any]] = {
     # Sized for a shared 2-core machine: a 200-step image tokenizer, smaller pools, 50 LM steps of 4 x 512 tokens.
-    "quick": dict(overrides=["train.steps=50", "batch_size=4", "train.eval_every=0", "train.checkpoint_every=25",
+    "quick": dict(caml_steps=300, overrides=["train.steps=50", "batch_size=4", "train.eval_every=0", "train.checkpoint_every=25",
                              "tokenizer.steps=200", "tokenizer.batch_size=32", "audio.steps=300", "data.train_scenes=6000",
                              "data.test_scenes=600", "data.video_train_clips=1500", "data.video_test_clips=200"],
                   n=24, fidelity=8, episodes=10, probe_steps=500, lc_trials=4),
-    "full": dict(overrides=[], n=150, fidelity=60, episodes=60, probe_steps=800, lc_trials=16),
-    "debug": dict(config="modalities_debug.yaml", overrides=[], n=4, fidelity=2, episodes=2, probe_steps=20, lc_trials=1),
+    "full": dict(caml_steps=1500, overrides=[], n=150, fidelity=60, episodes=60, probe_steps=800, lc_trials=16),
+    "debug": dict(caml_steps=5, config="modalities_debug.yaml", overrides=[], n=4, fidelity=2, episodes=2, probe_steps=20, lc_trials=1),
 }
 SHOTS = (1, 3)
 SOURCES = ("scenes", "glyphs")
@@ -136,40 +140,92 @@ def _lm_fewshot(model, processor, corpus, eps) -> dict[str, float]:
     return out
 
 
-def _find_caml(explicit: str | None) -> Path | None:
-    if explicit:
-        return Path(explicit)
-    found = []
-    for cfg in (ROOT / "runs" / "icl").glob("*/final/config.json"):
+def _episode_parts(doc) -> tuple[list, list[int]]:
+    """Image refs (supports then query) and support labels in first-appearance order (as CAML is trained and run)."""
+    from tessera.icl.episodes import first_appearance_labels
+
+    refs = [s for s in doc.segments if not isinstance(s, str)]
+    names = [s.strip().removeprefix("is a ").rstrip(".") for s in doc.segments if isinstance(s, str)][:-2]
+    mapped, _ = first_appearance_labels(names)
+    return refs, [int(x) for x in mapped]
+
+
+def _train_caml(corpus, extractor, steps: int, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """A caml-xs trained on the extractor's features of 2-3-way, 1-3-shot episodes drawn from the corpus' train pools."""
+    from tessera.icl.model import CAML, CAMLConfig
+    from tessera.icl.predict import FewShotClassifier
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 77])
+    feats: dict[tuple, torch.Tensor] = {}
+
+    def embed(refs) -> torch.Tensor:
+        todo = [r for r in refs if r not in feats]
+        if todo:
+            images = torch.from_numpy(np.stack([corpus.image(r) for r in todo])).permute(0, 3, 1, 2).float() / 255
+            with torch.no_grad():
+                for r, f in zip(todo, extractor.embed(images).float()):
+                    feats[r] = f
+        return torch.stack([feats[r] for r in refs])
+
+    def draw(ways: int, shots: int, source: str):
         try:
-            if json.loads(cfg.read_text()).get("kind", "caml") == "caml":
-                found.append(cfg.parent)
-        except (OSError, ValueError):
-            continue
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+            return episode(corpus, rng, ways, shots, "train", source=source)
+        except ValueError:  # too few renders of a glyph for this shot count (debug corpora): use scenes
+            return episode(corpus, rng, ways, shots, "train", source="scenes")
+
+    model = CAML(CAMLConfig.from_name("caml-xs", feature_dim=extractor.embed_dim))
+    warm = [draw(2, 3, s) for s in SOURCES for _ in range(100)]
+    center = torch.cat([embed(_episode_parts(d)[0]) for d in warm]).mean(0)  # CL2N centre from training images only
+    model.feature_norm.set_center(center)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 30) * max(0.05, 1 - i / max(1, steps)))
+    model.train()
+    losses = []
+    for _ in range(steps):
+        ways, shots = int(rng.integers(2, 4)), int(rng.integers(1, 4))
+        source = SOURCES[int(rng.random() < 0.3)]  # the corpus' glyph share of episodes
+        sup, lab, qry, tgt = [], [], [], []
+        for _ in range(16):
+            doc = draw(ways, shots, source)
+            refs, labels = _episode_parts(doc)
+            f = embed(refs)
+            names = [s.strip().removeprefix("is a ").rstrip(".") for s in doc.segments if isinstance(s, str)][:-2]
+            sup.append(f[:-1])
+            lab.append(torch.tensor(labels))
+            qry.append(f[-1:])
+            tgt.append(labels[names.index(doc.meta["answer"])])
+        out = model(torch.stack(sup), torch.stack(lab), torch.stack(qry))
+        loss = torch.nn.functional.cross_entropy(out.logits[:, 0], torch.tensor(tgt))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+    model.eval()
+    info = {"caml": "caml-xs trained here", "steps": steps, "episodes_per_step": 16, "final_loss": float(np.mean(losses[-20:]))}
+    return FewShotClassifier(extractor, model), info
 
 
 @torch.no_grad()
-def _feature_fewshot(corpus, eps, caml_dir: Path | None) -> dict[str, Any]:
-    """CAML (if a checkpoint is found) and the prototype classifier on the frozen extractor's features, same episodes."""
+def _feature_fewshot(corpus, eps, caml_dir: str | None, caml_steps: int) -> dict[str, Any]:
+    """CAML and the prototype classifier on the frozen extractor's features, on the LMs' episodes."""
+    from tessera.features import load_extractor
     from tessera.icl.baselines import protonet
 
     result: dict[str, Any] = {}
     clf = None
     if caml_dir is not None:
-        try:
-            from tessera.icl.predict import FewShotClassifier
+        from tessera.icl.predict import FewShotClassifier
 
-            clf = FewShotClassifier.from_pretrained(caml_dir)
-            extractor, ext_name = clf.extractor, clf.extractor.name
-            result["caml_checkpoint"] = str(caml_dir)
-        except Exception as exc:
-            result["caml_error"] = f"{type(exc).__name__}: {exc}"
-    if clf is None:
-        from tessera.features import load_extractor
-
+        clf = FewShotClassifier.from_pretrained(caml_dir)
+        extractor, ext_name = clf.extractor, clf.extractor.name
+        result["caml_checkpoint"] = str(caml_dir)
+    else:
         ext_name = "tessera-resnet-s"
         extractor = load_extractor(ext_name).eval()
+        with torch.enable_grad():
+            clf, result["caml_training"] = _train_caml(corpus, extractor, caml_steps)
     result["extractor"] = ext_name
     hits: dict[str, dict[str, list[int]]] = {"caml": {}, "prototypes": {}}
     for source, k, doc in eps:
@@ -178,12 +234,12 @@ def _feature_fewshot(corpus, eps, caml_dir: Path | None) -> dict[str, Any]:
         images = torch.from_numpy(np.stack([corpus.image(r) for r in refs])).permute(0, 3, 1, 2).float() / 255
         feats = extractor.embed(images).float()
         support, query = feats[:-1], feats[-1:]
-        labels = [doc.meta["labels"].index(n) for n in names]
+        labels = [doc.meta["labels"].index(n) for n in names]  # any fixed class order: both readouts map back to names
         key = f"{source}/{k}-shot"
         pred = int(protonet(support, torch.tensor(labels), query, 2).argmax(-1)[0])
         hits["prototypes"].setdefault(key, []).append(int(doc.meta["labels"][pred] == doc.meta["answer"]))
         if clf is not None:
-            probs, classes = clf.classify_features(support, labels, query)
+            probs, classes = clf.classify_features(support, labels, query)  # maps labels by first appearance itself
             pred = classes[int(np.argmax(probs[0]))]
             hits["caml"].setdefault(key, []).append(int(doc.meta["labels"][pred] == doc.meta["answer"]))
     for name, h in hits.items():
@@ -349,16 +405,20 @@ def render(meta: dict, results: dict, icl: dict) -> str:
         if isinstance(r, dict):
             fs = r["few-shot in-context classification"]
             lines.append(f"| LM {c} | " + " | ".join(_pct(fs.get(f"{s}/{k}-shot")) for s in SOURCES for k in SHOTS) + f" | {_pct(fs['accuracy'])} |")
-    for name, label in (("caml", "CAML"), ("prototypes", "prototypes (training-free reference)")):
+    caml_label = "CAML (" + (f"checkpoint {icl['caml_checkpoint']}" if "caml_checkpoint" in icl else
+                             f"caml-xs trained here, {icl.get('caml_training', {}).get('steps')} steps") + ")"
+    for name, label in (("caml", caml_label), ("prototypes", "prototypes (training-free reference)")):
         if name in icl:
             lines.append(f"| {label} | " + " | ".join(_pct(icl[name].get(f"{s}/{k}-shot")) for s in SOURCES for k in SHOTS)
                          + f" | {_pct(icl[name]['accuracy'])} |")
         else:
             lines.append(f"| {label} | " + " | ".join("not run" for _ in range(len(SOURCES) * len(SHOTS))) + " | not run |")
     lines.append("| chance | " + " | ".join("50.0" for _ in range(len(SOURCES) * len(SHOTS))) + " | 50.0 |")
-    if "caml" not in icl:
-        lines += ["", "CAML: not run: " + icl.get("caml_error", "no CAML checkpoint found (pass --caml DIR or train one with "
-                  "`tessera icl train --config configs/icl/caml_xs_tessera_resnet_s.yaml`)") + "."]
+    if "caml_training" in icl:
+        t = icl["caml_training"]
+        lines += ["", f"CAML here: `caml-xs` (2 layers) on frozen `{icl['extractor']}` features, trained for {t['steps']} steps of "
+                  f"{t['episodes_per_step']} episodes (2-3 way, 1-3 shot) drawn from the same *train* pools the LMs learn from "
+                  f"(final training loss {t['final_loss']:.3f}); the LMs' test episodes, test images and label words are never seen."]
     lines += ["", "![capabilities](lm_suite.png)", "",
               "Stage timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in meta["timings_s"].items()) + ".", ""]
     return "\n".join(lines)
@@ -413,7 +473,8 @@ def main() -> None:
     parser.add_argument("--distilled", default=None, help="model folder of a distilled nano (tessera lm distill)")
     parser.add_argument("--int8", default=None, help="int8 model folder (default: quantize the nano trained here)")
     parser.add_argument("--int4", default=None, help="int4 model folder (default: quantize the nano trained here)")
-    parser.add_argument("--caml", default=None, help="CAML checkpoint folder (default: newest runs/icl/*/final)")
+    parser.add_argument("--caml", default=None, help="CAML checkpoint folder (default: train a caml-xs here on the corpus' train episodes)")
+    parser.add_argument("--reuse", action="store_true", help="take LM columns from an earlier lm_suite.json of the same profile/config")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--runs", default=None, help="run folder root (default runs/lm_suite/<profile>)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
@@ -437,6 +498,12 @@ def main() -> None:
     missing: dict[str, str] = {}
     trained: dict[str, Any] = {}
     cfg = corpus = eps = None
+    previous: dict[str, Any] = {}
+    old_json = Path(args.out) / "lm_suite.json"
+    if args.reuse and old_json.is_file():
+        old = json.loads(old_json.read_text())
+        if old.get("profile") == args.profile:
+            previous = old
     for size in sizes:
         cfg, final, train_s = _train_or_reuse(size, config, prof["overrides"], run_root)
         timings[f"train_{size}_s"] = train_s
@@ -447,7 +514,12 @@ def main() -> None:
             _, corpus = prepare(cfg, proc.image_tokenizer)
             eps = _episodes(corpus, prof["episodes"])
             timings["corpus_s"] = time.time() - t
-        r = evaluate_column(model, proc, corpus, probe, prof, eps)
+        sha = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+        if previous.get("setup", {}).get("config_sha256") == sha and size in previous.get("results", {}):
+            r = previous["results"][size]
+            print(f"[{size}] reusing its evaluation from {old_json}", flush=True)
+        else:
+            r = evaluate_column(model, proc, corpus, probe, prof, eps)
         r["train_seconds"] = train_s
         results[size] = r
         trained[size] = (model, proc)
@@ -473,14 +545,18 @@ def main() -> None:
         else:
             missing[col] = "not run: no model given (pass --distilled DIR: a nano distilled by `tessera lm distill` on this suite's data)" \
                 if col == "distilled nano" else "not run: the nano column did not run"
-        if model is not None:
+        if model is not None and col in previous.get("results", {}) and not folder and "nano" in previous.get("results", {}) \
+                and results["nano"] is previous["results"]["nano"]:
+            results[col] = previous["results"][col]
+            print(f"[{col}] reusing its evaluation", flush=True)
+        elif model is not None:
             r = evaluate_column(model.eval(), proc, corpus, probe, prof, eps)
             results[col] = r
             timings[f"eval_{col.replace(' ', '_')}_s"] = r["eval_seconds"]
             print(f"[{col}] done", flush=True)
 
     t = time.time()
-    icl = _feature_fewshot(corpus, eps, _find_caml(args.caml))
+    icl = _feature_fewshot(corpus, eps, args.caml, prof["caml_steps"])
     timings["caml_s"] = time.time() - t
     wall = time.time() - start
     cmd = "python benchmarks/lm_suite.py" + (f" --profile {args.profile}" if args.profile != "quick" else "")
