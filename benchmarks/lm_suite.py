@@ -91,6 +91,32 @@ def _train_or_reuse(size: str, config: str, overrides: list[str], run_root: Path
     return cfg, final, seconds
 
 
+def _distilled(nano_cfg: LMRunConfig, teacher_final: Path, run_root: Path) -> tuple[Path | None, str, float]:
+    """A nano distilled from the suite's ultra with the nano's own data and token budget (`tessera.recipes.distill_lm`).
+
+    Returns (model folder or None, why not, seconds)."""
+    try:
+        from tessera.recipes.distill_lm import DistillRunConfig, distill_lm
+    except ImportError:
+        return None, "not run: tessera.recipes.distill_lm is not in this checkout (or pass --distilled DIR)", float("nan")
+    from tessera.config import from_dict
+
+    cfg = from_dict(DistillRunConfig, {**to_dict(nano_cfg), "teacher": {"path": str(teacher_final)}})
+    run = run_root / "distilled_nano"
+    final, saved = run / "final", run / "config.yaml"
+    if (final / "model.safetensors").is_file() and saved.is_file():
+        import yaml
+
+        if yaml.safe_load(saved.read_text()) == to_dict(cfg):
+            timing = run / "train_seconds.json"
+            return final, "", json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
+    t = time.time()
+    distill_lm(cfg, run, resume=True)
+    seconds = time.time() - t
+    (run / "train_seconds.json").write_text(json.dumps({"seconds": seconds}))
+    return final, "", seconds
+
+
 def _quantized(model: torch.nn.Module, bits: int) -> tuple[Any, str]:
     """(int`bits` copy of `model`, "") or (None, why not)."""
     try:
@@ -348,6 +374,8 @@ def render(meta: dict, results: dict, icl: dict) -> str:
     ]
     for row in ROWS:
         lines.append(f"| {row} | " + " | ".join(_cell(results.get(c), row) for c in COLUMNS) + f" | {_chance(results, row)} |")
+    if meta.get("column_notes"):
+        lines += ["", "Column notes:", ""] + [f"- {c}: {n}" for c, n in meta["column_notes"].items()]
     lines += ["", "Columns that did not run, and why:", ""]
     for c in COLUMNS:
         why = meta["missing"].get(c)
@@ -530,8 +558,21 @@ def main() -> None:
             missing[s] = "not run: left out with --sizes"
 
     extra = {"distilled nano": args.distilled, "int8 nano": args.int8, "int4 nano": args.int4}
+    notes: dict[str, str] = {}
+    if not args.distilled and "ultra" in trained and "nano" in trained:
+        nano_cfg = load_config(LMRunConfig, ROOT / "configs" / "lm" / config, ["preset=nano", *prof["overrides"]])
+        folder, why, seconds = _distilled(nano_cfg, run_root / "ultra" / "final", run_root)
+        if folder is not None:
+            extra["distilled nano"] = str(folder)
+            timings["train_distilled_nano_s"] = seconds
+            notes["distilled nano"] = ("a nano student trained here on the ultra column's logits (`tessera.recipes.distill_lm`, its "
+                                       "default loss) with the nano column's data, steps and batch: the same token budget")
+        else:
+            missing["distilled nano"] = why
     for col, folder in extra.items():
         model = None
+        if col in missing:
+            continue
         if folder:
             model, proc = load_pretrained(folder)
             if proc.vocab.layout() != trained[sizes[0]][1].vocab.layout():
@@ -542,6 +583,9 @@ def main() -> None:
             proc = trained["nano"][1]
             if model is None:
                 missing[col] = why
+            else:
+                notes[col] = (f"the nano column's weights quantized by `tessera.lm.quantize.quantize_model(bits="
+                              f"{8 if col.startswith('int8') else 4}, group_size=32)`")
         else:
             missing[col] = "not run: no model given (pass --distilled DIR: a nano distilled by `tessera lm distill` on this suite's data)" \
                 if col == "distilled nano" else "not run: the nano column did not run"
@@ -566,7 +610,7 @@ def main() -> None:
             cmd += f" --{flag} {val}"
     meta = {
         "command": cmd, "profile": args.profile, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_s": wall,
-        "timings_s": timings, "missing": missing, "episodes": prof["episodes"],
+        "timings_s": timings, "missing": missing, "column_notes": notes, "episodes": prof["episodes"],
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
