@@ -360,6 +360,7 @@ def render(meta: dict, results: dict, icl: dict) -> str:
         + (" (shared machine: other jobs ran at the same time)" if max(m['load_average_before'][0], m['load_average_after'][0]) > 1.5 else "")
         + ".",
         "",
+        *([meta["note"], ""] if meta.get("note") else []),
         f"Training: {meta['setup']['steps']} steps of {meta['setup']['batch_size']} x {meta['setup']['seq_len']} tokens per size "
         f"from `configs/lm/{meta['setup']['config']}` (mixture {meta['setup']['mixture']}); vocabulary {meta['setup']['vocab_size']} ids "
         f"(text, specials, {meta['setup']['image_codes']} image codes, {meta['setup']['audio_codes']} audio codes). "
@@ -504,6 +505,7 @@ def main() -> None:
     parser.add_argument("--caml", default=None, help="CAML checkpoint folder (default: train a caml-xs here on the corpus' train episodes)")
     parser.add_argument("--reuse", action="store_true", help="take LM columns from an earlier lm_suite.json of the same profile/config")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--note", default="", help="a line for the report (e.g. which checkout the run used)")
     parser.add_argument("--runs", default=None, help="run folder root (default runs/lm_suite/<profile>)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     args = parser.parse_args()
@@ -610,7 +612,7 @@ def main() -> None:
             cmd += f" --{flag} {val}"
     meta = {
         "command": cmd, "profile": args.profile, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_s": wall,
-        "timings_s": timings, "missing": missing, "column_notes": notes, "episodes": prof["episodes"],
+        "note": args.note, "timings_s": timings, "missing": missing, "column_notes": notes, "episodes": prof["episodes"],
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
