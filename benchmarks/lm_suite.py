@@ -60,10 +60,11 @@ COLUMNS = ("nano", "pro", "ultra", "distilled nano", "int8 nano", "int4 nano")
 ROWS = ("captioning", "VQA", "caption-to-image", "video QA", "spoken-word recognition", "spoken question about an image",
         "long-context retrieval", "few-shot in-context classification")
 PROFILES: dict[str, dict[str, Any]] = {
-    # Sized for a shared 2-core machine: a 200-step image tokenizer, smaller pools, 50 LM steps of 4 x 512 tokens.
+    # Sized for a shared 2-core machine: a 150-step image tokenizer on a 3000-scene corpus (the same settings, hence
+    # the same cached tokenizer, as benchmarks/post_training.py's quick profile), 50 LM steps of 4 x 512 tokens.
     "quick": dict(caml_steps=300, overrides=["train.steps=50", "batch_size=4", "train.eval_every=0", "train.checkpoint_every=25",
-                             "tokenizer.steps=200", "tokenizer.batch_size=32", "audio.steps=300", "data.train_scenes=6000",
-                             "data.test_scenes=600", "data.video_train_clips=1500", "data.video_test_clips=200"],
+                             "tokenizer.steps=150", "audio.steps=300", "data.train_scenes=3000", "data.test_scenes=400",
+                             "data.glyph_train_renders=1", "data.video_train_clips=1500", "data.video_test_clips=200"],
                   n=24, fidelity=8, episodes=10, probe_steps=500, lc_trials=4),
     "full": dict(caml_steps=1500, overrides=[], n=150, fidelity=60, episodes=60, probe_steps=800, lc_trials=16),
     "debug": dict(caml_steps=5, config="modalities_debug.yaml", overrides=[], n=4, fidelity=2, episodes=2, probe_steps=20, lc_trials=1),
