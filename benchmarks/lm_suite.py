@@ -74,6 +74,14 @@ SOURCES = ("scenes", "glyphs")
 
 
 # -- models ----------------------------------------------------------------------------------------------------------
+def _same_config(saved: Any, current: Any) -> bool:
+    """Whether a saved run config matches the current one; fields the saved file lacks (added to the code later, with
+    defaults that keep the old behaviour) are ignored."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return all(k in current and _same_config(v, current[k]) for k, v in saved.items())
+    return saved == current
+
+
 def _train_or_reuse(size: str, config: str, overrides: list[str], run_root: Path) -> tuple[LMRunConfig, Path, float]:
     cfg = load_config(LMRunConfig, ROOT / "configs" / "lm" / config, [f"preset={size}", *overrides])
     run = run_root / size
@@ -81,7 +89,7 @@ def _train_or_reuse(size: str, config: str, overrides: list[str], run_root: Path
     if (final / "model.safetensors").is_file() and saved.is_file():
         import yaml
 
-        if yaml.safe_load(saved.read_text()) == to_dict(cfg):
+        if _same_config(yaml.safe_load(saved.read_text()), to_dict(cfg)):
             print(f"[{size}] reusing {final}", flush=True)
             timing = run / "train_seconds.json"
             return cfg, final, json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
@@ -108,7 +116,7 @@ def _distilled(nano_cfg: LMRunConfig, teacher_final: Path, run_root: Path) -> tu
     if (final / "model.safetensors").is_file() and saved.is_file():
         import yaml
 
-        if yaml.safe_load(saved.read_text()) == to_dict(cfg):
+        if _same_config(yaml.safe_load(saved.read_text()), to_dict(cfg)):
             timing = run / "train_seconds.json"
             return final, "", json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
     t = time.time()
