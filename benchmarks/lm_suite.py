@@ -553,13 +553,14 @@ def main() -> None:
             _, corpus = prepare(cfg, proc.image_tokenizer)
             eps = _episodes(corpus, prof["episodes"])
             timings["corpus_s"] = time.time() - t
-        sha = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
-        if previous.get("setup", {}).get("config_sha256") == sha and size in previous.get("results", {}):
+        sha = hashlib.sha256((final.parent / "config.yaml").read_bytes()).hexdigest()[:12]  # the run as trained
+        if previous.get("results", {}).get(size, {}).get("run_config_sha256") == sha:
             r = previous["results"][size]
             print(f"[{size}] reusing its evaluation from {old_json}", flush=True)
         else:
             r = evaluate_column(model, proc, corpus, probe, prof, eps)
         r["train_seconds"] = train_s
+        r["run_config_sha256"] = sha
         results[size] = r
         trained[size] = (model, proc)
         timings[f"eval_{size}_s"] = r["eval_seconds"]
