@@ -559,6 +559,8 @@ def main() -> None:
         if previous.get("results", {}).get(size, {}).get("run_config_sha256") == sha:
             r = previous["results"][size]
             print(f"[{size}] reusing its evaluation from {old_json}", flush=True)
+            if r["long-context retrieval"].get("status"):  # the earlier checkout lacked tessera.lm.longcontext: retry
+                r["long-context retrieval"] = _long_context(model, prof["lc_trials"])
         else:
             r = evaluate_column(model, proc, corpus, probe, prof, eps)
         r["train_seconds"] = train_s
@@ -607,6 +609,8 @@ def main() -> None:
                 and results["nano"] is previous["results"]["nano"]:
             results[col] = previous["results"][col]
             print(f"[{col}] reusing its evaluation", flush=True)
+            if results[col]["long-context retrieval"].get("status"):
+                results[col]["long-context retrieval"] = _long_context(model, prof["lc_trials"])
         elif model is not None:
             r = evaluate_column(model.eval(), proc, corpus, probe, prof, eps)
             results[col] = r
