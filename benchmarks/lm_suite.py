@@ -199,7 +199,7 @@ def _train_caml(corpus, extractor, steps: int, seed: int = 0) -> tuple[Any, dict
         if todo:
             images = torch.from_numpy(np.stack([corpus.image(r) for r in todo])).permute(0, 3, 1, 2).float() / 255
             with torch.no_grad():
-                for r, f in zip(todo, extractor.embed(images).float()):
+                for r, f in zip(todo, extractor.embed(images).float(), strict=True):
                     feats[r] = f
         return torch.stack([feats[r] for r in refs])
 

@@ -477,7 +477,7 @@ def train_audio_tokenizer(
     cfg = config or AudioTokenizerConfig()
     model = AudioTokenizer(cfg)
     crop_frames = -(-crop_frames // cfg.downsample) * cfg.downsample
-    mels = {s: [log_mel(w, cfg.n_mels) for w, it in zip(corpus.waveforms, corpus.items) if it["split"] == s] for s in ("train", "test")}
+    mels = {s: [log_mel(w, cfg.n_mels) for w, it in zip(corpus.waveforms, corpus.items, strict=True) if it["split"] == s] for s in ("train", "test")}
     if not mels["train"]:
         raise ValueError("the spoken corpus has no train clips")
     rng = np.random.default_rng([seed, 3])

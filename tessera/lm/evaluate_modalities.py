@@ -18,8 +18,8 @@ from tessera.lm import scenes as S
 from tessera.lm.corpus import Corpus
 from tessera.lm.data import DocumentEncoder
 from tessera.lm.evaluate import _greedy_batch
-from tessera.lm.model import Decoder
 from tessera.lm.modalities import audio_document, spoken_vqa_document, video_document
+from tessera.lm.model import Decoder
 from tessera.lm.processor import Processor
 from tessera.lm.video import VIDEO_QUESTION_TYPES, video_answer_choices
 
@@ -64,7 +64,7 @@ def video_qa_accuracy(model: Decoder, processor: Processor, corpus: Corpus, n: i
     got = _run(model, processor, corpus, docs, batch_size, 16)
     hits: dict[str, list[int]] = {}
     chance = []
-    for d, a in zip(docs, got):
+    for d, a in zip(docs, got, strict=True):
         hits.setdefault(d.meta["qtype"], []).append(int(a == d.meta["answer"]))
         chance.append(1.0 / len(video_answer_choices(d.meta["qtype"])))
     return _summary(hits, chance)
@@ -78,7 +78,7 @@ def spoken_word_accuracy(model: Decoder, processor: Processor, corpus: Corpus, n
     words = corpus.audio.texts("word")
     docs = [audio_document(corpus, rng, "test", words[i % len(words)]) for i in range(n)]
     got = _run(model, processor, corpus, docs, batch_size, 8)
-    hits = {"word": [int(a == d.meta["answer"]) for d, a in zip(docs, got)]}
+    hits = {"word": [int(a == d.meta["answer"]) for d, a in zip(docs, got, strict=True)]}
     out = _summary(hits, [1.0 / len(words)] * len(docs))
     out.pop("accuracy/word")
     return out
@@ -93,7 +93,7 @@ def spoken_vqa_accuracy(model: Decoder, processor: Processor, corpus: Corpus, n:
     got = _run(model, processor, corpus, docs, batch_size, 8)
     hits: dict[str, list[int]] = {}
     chance = []
-    for d, a in zip(docs, got):
+    for d, a in zip(docs, got, strict=True):
         hits.setdefault(d.meta["qtype"], []).append(int(a == d.meta["answer"]))
         chance.append(1.0 / len(S.answer_choices(d.meta["qtype"])))
     return _summary(hits, chance)
