@@ -61,11 +61,13 @@ ROWS = ("captioning", "VQA", "caption-to-image", "video QA", "spoken-word recogn
         "long-context retrieval", "few-shot in-context classification")
 PROFILES: dict[str, dict[str, Any]] = {
     # Sized for a shared 2-core machine: a 150-step image tokenizer on a 3000-scene corpus (the same settings, hence
-    # the same cached tokenizer, as benchmarks/post_training.py's quick profile), 50 LM steps of 4 x 512 tokens.
-    "quick": dict(caml_steps=300, overrides=["train.steps=50", "batch_size=4", "train.eval_every=0", "train.checkpoint_every=25",
-                             "tokenizer.steps=150", "audio.steps=300", "data.train_scenes=3000", "data.test_scenes=400",
-                             "data.glyph_train_renders=1", "data.video_train_clips=1500", "data.video_test_clips=200"],
-                  n=24, fidelity=8, episodes=10, probe_steps=500, lc_trials=4),
+    # the same cached tokenizer, as benchmarks/post_training.py's quick profile), 20 LM steps of 4 x 512 tokens, small
+    # eval sets. A plumbing check of every row and column, not a measure of what the models can learn.
+    "quick": dict(caml_steps=100, overrides=["train.steps=20", "batch_size=4", "train.eval_every=0", "train.checkpoint_every=10",
+                             "optim.warmup_steps=4", "tokenizer.steps=150", "audio.steps=150", "data.train_scenes=3000",
+                             "data.test_scenes=400", "data.glyph_train_renders=1", "data.video_train_clips=1500",
+                             "data.video_test_clips=200"],
+                  n=12, fidelity=4, episodes=4, probe_steps=500, lc_trials=2),
     "full": dict(caml_steps=1500, overrides=[], n=150, fidelity=60, episodes=60, probe_steps=800, lc_trials=16),
     "debug": dict(caml_steps=5, config="modalities_debug.yaml", overrides=[], n=4, fidelity=2, episodes=2, probe_steps=20, lc_trials=1),
 }
