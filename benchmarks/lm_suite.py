@@ -238,7 +238,7 @@ def _train_caml(corpus, extractor, steps: int, seed: int = 0) -> tuple[Any, dict
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     info = {"caml": "caml-xs trained here", "steps": steps, "episodes_per_step": 16, "final_loss": float(np.mean(losses[-20:]))}
     return FewShotClassifier(extractor, model), info
@@ -388,9 +388,18 @@ def render(meta: dict, results: dict, icl: dict) -> str:
     ]
     for row in ROWS:
         lines.append(f"| {row} | " + " | ".join(_cell(results.get(c), row) for c in COLUMNS) + f" | {_chance(results, row)} |")
+    first = next((results[c] for c in COLUMNS if isinstance(results.get(c), dict)), None)
+    if first is not None:
+        lines += ["", f"Items per model: {first['captioning']['n']} captions, {first['VQA']['n']} written and "
+                  f"{first['spoken question about an image']['n']} spoken questions, {first['video QA']['n']} video questions, "
+                  f"{first['spoken-word recognition']['n']} spoken words, {first['caption-to-image']['n']} drawn images, "
+                  f"{len(SOURCES) * len(SHOTS) * meta['episodes']} few-shot episodes. The quick profile's counts are small: "
+                  "one item is several points."]
     if meta.get("column_notes"):
         lines += ["", "Column notes:", ""] + [f"- {c}: {n}" for c, n in meta["column_notes"].items()]
     lines += ["", "Columns that did not run, and why:", ""]
+    if not any(meta["missing"].get(c) for c in COLUMNS):
+        lines.append("- none: every column ran.")
     for c in COLUMNS:
         why = meta["missing"].get(c)
         if why:
@@ -399,9 +408,8 @@ def render(meta: dict, results: dict, icl: dict) -> str:
           if isinstance(results.get(c), dict) and results[c]["long-context retrieval"].get("status")]
     if lc:
         lines.append("- long-context retrieval cells: " + "; ".join(sorted(set(x.split(': ', 1)[1] for x in lc))))
+    lines += ["", "## What this run shows", "", *_reading(results, meta), "", "## Rows"]
     lines += [
-        "",
-        "## Rows",
         "",
         "- captioning: attribute-slot accuracy of greedy captions of test scenes (held-out colour-shape pairs); chance = "
         "captions of random training scenes.",
@@ -466,6 +474,33 @@ def render(meta: dict, results: dict, icl: dict) -> str:
     return "\n".join(lines)
 
 
+def _reading(results: dict, meta: dict) -> list[str]:
+    """Plain statements computed from the table: which rows any model beats chance on, and by how much."""
+    cols = [c for c in COLUMNS if isinstance(results.get(c), dict)]
+    above, at_or_below = [], []
+    for row in ROWS:
+        ch = _chance(results, row)
+        accs = {c: results[c][row].get("accuracy", results[c][row].get("attribute_accuracy")) for c in cols}
+        accs = {c: a for c, a in accs.items() if a is not None and a == a}
+        if ch == "-" or not accs:
+            continue
+        best = max(accs, key=accs.get)
+        if 100 * accs[best] > float(ch):
+            above.append(f"{row} (best: {best} {100 * accs[best]:.1f} vs chance {ch})")
+        else:
+            at_or_below.append(row)
+    out = []
+    if above:
+        out.append("- Rows where at least one model scores above its chance line: " + "; ".join(above) + ". With "
+                   f"{meta['episodes']} episodes per (source, shots) or the item counts above, differences of a few "
+                   "items are noise.")
+    if at_or_below:
+        out.append("- Rows where no model beats chance: " + ", ".join(at_or_below) + ". Exact-match rows score 0 when "
+                   "a model has not yet learned the answer format (its greedy answer is not one of the valid answers), "
+                   "which is below the chance line of a model that guesses among valid answers.")
+    return out
+
+
 def _first(results: dict, row: str, key: str):
     for c in COLUMNS:
         r = results.get(c)
@@ -518,12 +553,23 @@ def main() -> None:
     parser.add_argument("--caml", default=None, help="CAML checkpoint folder (default: train a caml-xs here on the corpus' train episodes)")
     parser.add_argument("--reuse", action="store_true", help="take LM columns from an earlier lm_suite.json of the same profile/config")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true", help="rewrite lm_suite.md/png from lm_suite.json")
     parser.add_argument("--note", default="", help="a line for the report (e.g. which checkout the run used)")
     parser.add_argument("--runs", default=None, help="run folder root (default runs/lm_suite/<profile>)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.report_only:
+        from tessera.io import atomic_write_text
+
+        out = Path(args.out)
+        data = json.loads((out / "lm_suite.json").read_text())
+        results, icl = data.pop("results"), data.pop("icl_side_by_side")
+        plot(results, out / "lm_suite.png")
+        atomic_write_text(out / "lm_suite.md", render(data, results, icl))
+        print((out / "lm_suite.md").read_text())
+        return
     prof = PROFILES[args.profile]
     config = prof.get("config", "modalities.yaml")
     run_root = Path(args.runs) if args.runs else ROOT / "runs" / "lm_suite" / args.profile
