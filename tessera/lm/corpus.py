@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -297,7 +298,7 @@ def _save_cached(path: Path, pools: dict[tuple[str, str], ImagePool], video: dic
     arrays = {f"{p}_{s}": pool.codes for (p, s), pool in pools.items()}
     arrays.update({f"video_{s}": vp.codes for s, vp in (video or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.npz")  # per process: torchrun ranks may build it together
     np.savez(tmp, **arrays)
     tmp.replace(path)
 

@@ -21,7 +21,6 @@ be written `<image_17>` (that is how `decode` renders codes outside a well-forme
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from tessera.lm.vocab import Vocabulary
+from tessera.validate import read_json
 
 __all__ = ["Processor", "Encoding", "ImageLike", "AudioCodes", "to_image_tensor", "patch_block"]
 
@@ -428,7 +428,7 @@ class Processor:
         """Load what `save_pretrained` wrote; the image tokenizer from `image_tokenizer/` unless one is given."""
         folder = Path(folder)
         vocab = Vocabulary.load(folder)
-        settings = json.loads((folder / "processor.json").read_text()) if (folder / "processor.json").is_file() else {}
+        settings = read_json(folder / "processor.json", "processor settings") if (folder / "processor.json").is_file() else {}
         if image_tokenizer is None and (folder / "image_tokenizer").is_dir():
             from tessera.tokenizer import ImageTokenizer
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from tessera.validate import read_json
+
 __all__ = [
     "BASE_SPECIALS",
     "CONTROL_TOKENS",
@@ -170,7 +172,7 @@ class Vocabulary:
         layout_path = folder / "vocab.json"
         if not layout_path.is_file():
             raise FileNotFoundError(f"{folder}: no vocab.json")
-        layout = json.loads(layout_path.read_text())
+        layout = read_json(layout_path, "vocabulary layout")
         ranges = sorted(layout["code_ranges"].items(), key=lambda kv: kv[1][0])  # id order (JSON may sort the keys)
         vocab = cls(folder / "tokenizer.model", {k: v[1] - v[0] for k, v in ranges})
         if json.dumps(vocab.layout(), sort_keys=True) != json.dumps(layout, sort_keys=True):

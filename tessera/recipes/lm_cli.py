@@ -79,11 +79,16 @@ def _train(args: argparse.Namespace) -> int:
     from tessera.config import load_config
     from tessera.paths import runs_dir
     from tessera.recipes.train_lm import LMRunConfig, train_lm
+    from tessera.train.runtime import is_main_process, shutdown
 
     cfg = load_config(LMRunConfig, args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else runs_dir("lm", Path(args.config).stem)
     print(f"lm: preset {cfg.preset}, {cfg.train.steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens; run folder {run_dir}")
     result = train_lm(cfg, run_dir, resume=args.resume, stop_after=args.stop_after)
+    main_rank = is_main_process()
+    shutdown()
+    if not main_rank:  # under torchrun only rank 0 reports
+        return 0
     if result.step == cfg.train.steps:
         print(f"eval: {json.dumps({k: round(v, 4) for k, v in result.eval_metrics.items()})}")
         print(f"saved model to {run_dir / 'final'}")
