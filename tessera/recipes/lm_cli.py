@@ -242,14 +242,30 @@ def _eval(args: argparse.Namespace) -> int:
         import yaml
 
         data = from_dict(CorpusConfig, yaml.safe_load(run_cfg.read_text())["data"], prefix="data")
-    corpus = build_corpus(data, proc.image_tokenizer, tokenizer_id=_tokenizer_digest(folder / "image_tokenizer"),
-                          cache=cache_dir("lm", "corpus"))
+    modal = [k for k in ("video", "audio", "spoken_vqa") if data.uses(k)]
+    if modal:  # video clips and the spoken corpus are built by the recipe (cached), with the run's own settings
+        from tessera.config import load_config
+        from tessera.recipes.train_lm import LMRunConfig, prepare
+
+        _, corpus = prepare(load_config(LMRunConfig, run_cfg), proc.image_tokenizer)
+    else:
+        corpus = build_corpus(data, proc.image_tokenizer, tokenizer_id=_tokenizer_digest(folder / "image_tokenizer"),
+                              cache=cache_dir("lm", "corpus"))
     n = 60 if args.quick else 300
     metrics = {
         "caption": caption_accuracy(model, proc, corpus, n=n),
         "vqa": vqa_accuracy(model, proc, corpus, n=n),
         "fewshot": fewshot_accuracy(model, proc, corpus, episodes=n // 3 if args.quick else 100),
     }
+    if modal:
+        from tessera.lm.evaluate_modalities import spoken_vqa_accuracy, spoken_word_accuracy, video_qa_accuracy
+
+        if data.uses("video"):
+            metrics["video_qa"] = video_qa_accuracy(model, proc, corpus, n=n)
+        if data.uses("audio"):
+            metrics["spoken_word"] = spoken_word_accuracy(model, proc, corpus, n=n)
+        if data.uses("spoken_vqa"):
+            metrics["spoken_vqa"] = spoken_vqa_accuracy(model, proc, corpus, n=n)
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.json:

@@ -361,6 +361,11 @@ def test_cli_builds_audio_trains_the_modalities_debug_config_and_answers_audio_a
                  "--audio", str(wav), "--max-new-tokens", "4", "--no-images"]) == 0
     assert main(["lm", "generate", "--checkpoint", str(final), "--prompt", "<video>question: which way does it move? answer:",
                  "--video", str(clip), "--max-new-tokens", "4", "--no-images"]) == 0
+    assert main(["lm", "eval", "--checkpoint", str(final), "--quick", "--json", str(tmp_path / "eval.json")]) == 0
+    import json
+
+    got = json.loads((tmp_path / "eval.json").read_text())
+    assert {"video_qa", "spoken_word", "spoken_vqa"} <= set(got) and 0 <= got["spoken_word"]["accuracy"] <= 1
     capsys.readouterr()
     assert main(["lm", "generate", "--checkpoint", str(final), "--prompt", "<audio><audio>", "--audio", str(wav)]) == 1
     assert "2 <audio> markers but 1 --audio files" in capsys.readouterr().err
