@@ -64,6 +64,7 @@ __all__ = [
     "VideoSetConfig",
     "VideoArrayDataset",
     "build_video_dataset",
+    "render_sprite_clips",
     "load_video_dataset",
     "video_set_dir",
     "SHAPES",
@@ -485,6 +486,31 @@ def _make_split(backgrounds: np.ndarray, bg_sources: list[str], resolution: int,
         })
         tick(1)
     return clips, metadata
+
+
+def render_sprite_clips(n: int, split: str, frames: int = 4, image_size: int = 32, *, seed: int = 0, max_sprites: int = 2,
+                        sprite_scale: float = 0.3) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """`n` sprite clips on plain grey backgrounds, for the decoders' video questions (`tessera.lm.video`).
+
+    Returns (uint8 (N, T, H, W, 3), per-clip plans: sprites with name, direction, speed class, appear / disappear
+    frames, and the time-ordered events). Each clip draws from its own generator seeded by (seed, split, frames,
+    size, index), so the same arguments give the same bytes; train and test clips use different streams.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    cfg = VideoSetConfig(num_frames=(frames,), max_sprites=max_sprites, sprite_scale=sprite_scale)
+    clips = np.empty((n, frames, image_size, image_size, 3), dtype=np.uint8)  # (N, T, H, W, C)
+    plans = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, 1 if split == "train" else 2, frames, image_size, i])
+        grey = int(rng.integers(30, 110))
+        background = np.full((image_size, image_size, 3), grey, dtype=np.uint8)
+        plan = _plan_clip(rng, image_size, frames, cfg)
+        clips[i] = _render_clip(background, plan, frames)
+        plans.append({"sprites": [{k: sp[k] for k in ("name", "direction", "speed_class", "appear_frame", "disappear_frame")}
+                                  for sp in plan["sprites"]],
+                      "events": [{k: ev[k] for k in ("frame", "type", "sprite")} for ev in plan["events"]]})
+    return clips, plans
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ drawn from the pools on the fly, as a pure function of a seed, in these kinds:
               N-way K-shot, classes = colour or shape values (scenes) or letters (glyphs); the label words are
               nonsense words drawn fresh for each episode, so only the context says which is which.
     text      the same generators without pixels: captions, questions about a described scene, glyph facts.
+    video / audio / spoken_vqa   clips and speech (`tessera.lm.modalities`; pools handed to `build_corpus`).
 
 Every document starts with <bos> and ends with <eos>. A document is a list of segments (text strings and image
 references) so that prompts and answers are tokenized separately, exactly as evaluation feeds them.
@@ -55,7 +56,8 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-DOCUMENT_KINDS = ("caption", "generate", "vqa", "glyph", "episode", "text")
+DOCUMENT_KINDS = ("caption", "generate", "vqa", "glyph", "episode", "text", "video", "audio", "spoken_vqa")
+_VIDEO_FIELDS = ("video_train_clips", "video_test_clips", "video_frames", "video_max_sprites")
 
 
 @dataclass
@@ -77,6 +79,10 @@ class CorpusConfig:
     episode_shots: tuple[int, int] = (1, 3)  # inclusive range of examples per class
     episode_max_images: int = 7  # supports + query; keeps an episode under ~512 tokens with 8x8 codes
     glyph_episode_share: float = 0.3  # share of episodes built from glyphs instead of scenes
+    video_train_clips: int = 4000  # sprite clips in the train video pool (when the mixture has "video")
+    video_test_clips: int = 400
+    video_frames: int = 4  # frames per clip (4-16); each frame is an image block
+    video_max_sprites: int = 2
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.mixture) - set(DOCUMENT_KINDS))
@@ -92,6 +98,14 @@ class CorpusConfig:
             raise ValueError("data.episode_ways must start at >= 2 and data.episode_shots at >= 1")
         if self.episode_ways[0] + 1 > self.episode_max_images:
             raise ValueError("data.episode_max_images is too small for the smallest episode")
+        if not 4 <= self.video_frames <= 16:
+            raise ValueError(f"data.video_frames must be in [4, 16], got {self.video_frames}")
+        if self.video_train_clips < 1 or self.video_test_clips < 1:
+            raise ValueError("data.video_train_clips and data.video_test_clips must be >= 1")
+
+    def uses(self, kind: str) -> bool:
+        """Whether the mixture draws documents of `kind`."""
+        return self.mixture.get(kind, 0) > 0
 
 
 # -- label words -----------------------------------------------------------------------------------------------------
@@ -171,9 +185,12 @@ def _render_pools(cfg: CorpusConfig) -> dict[tuple[str, str], ImagePool]:
 class Corpus:
     """Image pools (with codes) and the index tables documents are drawn from."""
 
-    def __init__(self, cfg: CorpusConfig, pools: dict[tuple[str, str], ImagePool]) -> None:
+    def __init__(self, cfg: CorpusConfig, pools: dict[tuple[str, str], ImagePool], *, video: dict | None = None,
+                 audio: Any = None) -> None:
         self.cfg = cfg
         self.pools = pools
+        self.video = video  # split -> tessera.lm.modalities.VideoPool (with codes), or None
+        self.audio = audio  # tessera.lm.audio.SpokenCorpus (with codes), or None
         self.glyph_classes = [g for g, _ in glyph_mod.glyph_classes()]
         self.by_value: dict[tuple[str, str, str], list[int]] = {}  # (split, attribute, value) -> single-object scenes
         for split in ("train", "test"):
@@ -204,7 +221,12 @@ class Corpus:
 
 
 def _fingerprint(cfg: CorpusConfig, tokenizer_id: str) -> str:
-    blob = json.dumps({"cfg": asdict(cfg), "tokenizer": tokenizer_id, "version": 1}, sort_keys=True, default=list)
+    settings = asdict(cfg)
+    if not cfg.uses("video"):  # corpora without video keep the keys they had before video existed
+        for name in _VIDEO_FIELDS:
+            settings.pop(name)
+    settings["mixture"] = {k: v for k, v in settings["mixture"].items() if k in DOCUMENT_KINDS[:6] or v > 0}
+    blob = json.dumps({"cfg": settings, "tokenizer": tokenizer_id, "version": 1}, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -215,6 +237,8 @@ def build_corpus(
     tokenizer_id: str = "",
     cache: Path | None = None,
     batch_size: int = 256,
+    video: dict[str, tuple[np.ndarray, list]] | None = None,
+    audio: Any = None,
 ) -> Corpus:
     """Render the pools and (with a tokenizer) encode every image to codes, caching the result.
 
@@ -224,22 +248,38 @@ def build_corpus(
         tokenizer_id: a string identifying the tokenizer's weights (part of the cache key).
         cache: folder for the cached pools (`<cache>/<fingerprint>.npz`); None: no caching.
         batch_size: images per tokenizer call.
+        video: split -> (uint8 clips (N, T, H, W, C), plans) from `tessera.data.video.render_sprite_clips`; their
+            frames are tokenized with the images (and cached with them). Needed when the mixture has "video".
+        audio: a `tessera.lm.audio.SpokenCorpus` with codes; needed when the mixture has "audio" or "spoken_vqa".
     """
+    from tessera.lm.modalities import VideoPool
+
+    if cfg.uses("video") and video is None:
+        raise ValueError("data.mixture has video documents but no video clips were given (video=...)")
+    if (cfg.uses("audio") or cfg.uses("spoken_vqa")) and (audio is None or audio.codes is None):
+        raise ValueError("data.mixture has audio / spoken_vqa documents but no tokenized spoken corpus was given (audio=...)")
+    vpools = {s: VideoPool(c, p) for s, (c, p) in video.items()} if video is not None else None
     path = None
     if cache is not None and tokenizer is not None:
         path = Path(cache) / f"{_fingerprint(cfg, tokenizer_id)}.npz"
         if path.is_file():
             try:
-                return _load_cached(cfg, path)
+                corpus = _load_cached(cfg, path, vpools)
+                corpus.audio = audio
+                return corpus
             except (OSError, KeyError, ValueError) as exc:
                 _log.warning("ignoring unreadable corpus cache %s (%s); rebuilding", path, exc)
     pools = _render_pools(cfg)
     if tokenizer is not None:
         for pool in pools.values():
             pool.codes = encode_images(tokenizer, pool.images, batch_size)
+        for vp in (vpools or {}).values():
+            N, T = vp.clips.shape[:2]
+            codes = encode_images(tokenizer, vp.clips.reshape(N * T, *vp.clips.shape[2:]), batch_size)
+            vp.codes = codes.reshape(N, T, *codes.shape[1:])  # (N*T, h, w) -> (N, T, h, w)
         if path is not None:
-            _save_cached(path, pools)
-    return Corpus(cfg, pools)
+            _save_cached(path, pools, vpools)
+    return Corpus(cfg, pools, video=vpools, audio=audio)
 
 
 @torch.no_grad()
@@ -254,15 +294,16 @@ def encode_images(tokenizer: _Tokenizer, images: np.ndarray, batch_size: int = 2
     return np.concatenate(out)
 
 
-def _save_cached(path: Path, pools: dict[tuple[str, str], ImagePool]) -> None:
+def _save_cached(path: Path, pools: dict[tuple[str, str], ImagePool], video: dict | None = None) -> None:
     arrays = {f"{p}_{s}": pool.codes for (p, s), pool in pools.items()}
+    arrays.update({f"video_{s}": vp.codes for s, vp in (video or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.npz")  # per process: torchrun ranks may build it together
     np.savez(tmp, **arrays)
     tmp.replace(path)
 
 
-def _load_cached(cfg: CorpusConfig, path: Path) -> Corpus:
+def _load_cached(cfg: CorpusConfig, path: Path, video: dict | None = None) -> Corpus:
     pools = _render_pools(cfg)  # rendering is fast (~15k images/s) and keeps the cache small: only codes are stored
     with np.load(path) as data:
         for (p, s), pool in list(pools.items()):
@@ -270,7 +311,12 @@ def _load_cached(cfg: CorpusConfig, path: Path) -> Corpus:
             if len(codes) != len(pool):
                 raise ValueError(f"{path}: {p}/{s} has {len(codes)} codes for {len(pool)} images")
             pool.codes = codes
-    return Corpus(cfg, pools)
+        for s, vp in (video or {}).items():
+            codes = data[f"video_{s}"]
+            if codes.shape[:2] != vp.clips.shape[:2]:
+                raise ValueError(f"{path}: video/{s} codes {codes.shape[:2]} do not match the clips {vp.clips.shape[:2]}")
+            vp.codes = codes
+    return Corpus(cfg, pools, video=video)
 
 
 # -- sampling documents ----------------------------------------------------------------------------------------------
@@ -319,6 +365,11 @@ def sample_document(corpus: Corpus, rng: np.random.Generator, split: str = "trai
                 source, max_shots = "scenes", max(1, (cfg.episode_max_images - 1) // ways)
         shots = int(rng.integers(cfg.episode_shots[0], min(cfg.episode_shots[1], max_shots) + 1))
         return episode(corpus, rng, ways, shots, split, source=source)
+    if kind in ("video", "audio", "spoken_vqa"):
+        from tessera.lm import modalities as M
+
+        build = {"video": M.video_document, "audio": M.audio_document, "spoken_vqa": M.spoken_vqa_document}[kind]
+        return build(corpus, rng, split)
     raise ValueError(f"unknown document kind {kind!r}; known: {list(DOCUMENT_KINDS)}")
 
 

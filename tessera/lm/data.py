@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tessera.lm.corpus import Corpus, Document, ImageRef, sample_document
+from tessera.lm.modalities import AudioRef, VideoRef
 from tessera.lm.objective import IMAGE, SKIP, TEXT, pack_documents
 from tessera.lm.processor import patch_block
 from tessera.lm.vocab import Vocabulary
@@ -39,11 +40,21 @@ class DocumentEncoder:
         self.patch_share = patch_share
         self._text = lru_cache(maxsize=65536)(vocab.encode_text)
 
-    def segment_ids(self, seg: str | ImageRef) -> list[int]:
+    def segment_ids(self, seg: str | ImageRef | VideoRef | AudioRef) -> list[int]:
         if isinstance(seg, str):
             return self._text(seg)
+        v = self.vocab
+        if isinstance(seg, VideoRef):  # <bov> + one image block per frame + <eov>
+            frames = self.corpus.video[seg.split].codes[seg.index].astype(np.int64)  # (T, h, w)
+            ids = [v.bov_id]
+            for f in frames:
+                ids += [v.boi_id, *v.codes_to_ids(torch.from_numpy(f).reshape(-1)).tolist(), v.eoi_id]
+            return ids + [v.eov_id]
+        if isinstance(seg, AudioRef):
+            codes = torch.from_numpy(self.corpus.audio.codes[seg.index].astype(np.int64))
+            return [v.boa_id, *v.codes_to_ids(codes, "audio").tolist(), v.eoa_id]
         codes = torch.from_numpy(self.corpus.codes(seg).astype(np.int64)).reshape(-1)
-        return [self.vocab.boi_id, *self.vocab.codes_to_ids(codes).tolist(), self.vocab.eoi_id]
+        return [v.boi_id, *v.codes_to_ids(codes).tolist(), v.eoi_id]
 
     def __call__(self, doc: Document, *, bos: bool = True, eos: bool = True, rng: np.random.Generator | None = None):
         """(ids, modality per token, patches (P, C*p*p) or None)."""
@@ -62,7 +73,10 @@ class DocumentEncoder:
                 continue
             seg_ids = self.segment_ids(seg)
             ids += seg_ids
-            mods += [IMAGE if lo <= t < hi else TEXT for t in seg_ids]
+            if isinstance(seg, AudioRef):  # speech is read, never written: its codes are not targets
+                mods += [SKIP] * (len(seg_ids) - 1) + [TEXT]
+            else:
+                mods += [IMAGE if lo <= t < hi else TEXT for t in seg_ids]
         if eos:
             ids.append(self.vocab.eos_id)
             mods.append(TEXT)

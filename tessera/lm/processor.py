@@ -9,6 +9,11 @@ Images enter in one of two ways:
   projection: `<boi>` + rows of `<patch>` placeholders each closed by `<patch_row>` + `<eoi>` (Fuyu-style rows, so
   the patch count and aspect ratio vary per image). The pixels travel next to the ids (`Encoding.patches`).
 
+Video clips (`tessera.lm.video.VideoClip`, or any (T, C, H, W) tensor) enter as `<bov>` + one image block per frame
++ `<eov>`; speech (`tessera.lm.audio.AudioClip`, e.g. `AudioClip.from_file("question.wav")`) as `<boa>` + the audio
+tokenizer's codes of its log-mel frames + `<eoa>`. `decode` turns well-formed video blocks back into (T, 3, H, W)
+frames and audio blocks into `AudioCodes`.
+
 Text may contain special tokens written as `<name>` (e.g. `<start_of_turn>`, or `<boi>` to ask for an image),
 parsed when `parse_special=True`; an unknown `<name>` is an error rather than silently becoming text. Image codes can
 be written `<image_17>` (that is how `decode` renders codes outside a well-formed block).
@@ -29,11 +34,30 @@ import torch.nn.functional as F
 from tessera.lm.vocab import Vocabulary
 from tessera.validate import read_json
 
-__all__ = ["Processor", "Encoding", "ImageLike", "to_image_tensor", "patch_block"]
+__all__ = ["Processor", "Encoding", "ImageLike", "AudioCodes", "to_image_tensor", "patch_block"]
 
 ImageLike = Union[torch.Tensor, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 _SPECIAL_RE = re.compile(r"<(?:[A-Za-z_][A-Za-z0-9_]*)>")
 _CODE_RE = re.compile(r"<image_(\d+)>")
+
+
+class AudioCodes(NamedTuple):
+    """A decoded `<boa> ... <eoa>` block: the audio codes (L,) (and, with an audio tokenizer, their (M, F) log-mel)."""
+
+    codes: torch.Tensor
+    mel: torch.Tensor | None = None
+
+
+def _is_video(item: Any) -> bool:
+    from tessera.lm.video import VideoClip
+
+    return isinstance(item, VideoClip) or (isinstance(item, torch.Tensor) and item.ndim == 4)
+
+
+def _is_audio(item: Any) -> bool:
+    from tessera.lm.audio import AudioClip
+
+    return isinstance(item, AudioClip)
 
 
 class Encoding(NamedTuple):
@@ -99,13 +123,22 @@ class Processor:
             and a `config` with `image_size`, `grid_size`, `codebook_size` (`tessera.tokenizer.ImageTokenizer`).
         patch_size: p for the "patches" input mode (0: disabled).
         max_patches: cap on patches per image in "patches" mode (larger images are downscaled).
+        audio_tokenizer: a `tessera.lm.audio.AudioTokenizer` (its codebook must match the vocabulary's "audio" range).
     """
 
-    def __init__(self, vocab: Vocabulary, image_tokenizer: Any = None, *, patch_size: int = 0, max_patches: int = 256) -> None:
+    def __init__(self, vocab: Vocabulary, image_tokenizer: Any = None, *, patch_size: int = 0, max_patches: int = 256,
+                 audio_tokenizer: Any = None) -> None:
         self.vocab = vocab
         self.image_tokenizer = image_tokenizer
+        self.audio_tokenizer = audio_tokenizer
         self.patch_size = patch_size
         self.max_patches = max_patches
+        if audio_tokenizer is not None:
+            k = int(audio_tokenizer.config.codebook_size)
+            have = vocab.code_ranges.get("audio")
+            if have is None or have[1] - have[0] != k:
+                raise ValueError(f"audio tokenizer has {k} codes but the vocabulary's audio range is {have} "
+                                 "(build it with Vocabulary.default(..., audio_codebook_size=K))")
         if image_tokenizer is not None:
             cfg = _tokenizer_config(image_tokenizer)
             if int(cfg.codebook_size) != vocab.image_codebook_size:
@@ -182,6 +215,25 @@ class Processor:
             raise ValueError(f"image tokenizer returned codes of shape {tuple(codes.shape[1:])}, expected {self.grid}")
         return codes
 
+    def video_block(self, clip: Any) -> list[int]:
+        """`<bov>` + an image block per frame (each frame tokenized by the image tokenizer) + `<eov>`."""
+        frames = _video_tensor(clip)
+        codes = self.encode_images(list(frames))  # (T, h, w)
+        ids = [self.vocab.bov_id]
+        for c in codes:
+            ids += self.code_block(c)
+        return ids + [self.vocab.eov_id]
+
+    def audio_codes(self, clip: Any) -> torch.Tensor:
+        """(L,) audio codes of an `AudioClip` (resampled to 16 kHz, log-mel, the audio tokenizer)."""
+        if self.audio_tokenizer is None:
+            raise ValueError("this Processor has no audio tokenizer, so it cannot encode audio")
+        return self.audio_tokenizer.encode_waveform(clip.waveform, int(clip.sample_rate))
+
+    def audio_block(self, clip: Any) -> list[int]:
+        """`<boa>` + audio codes + `<eoa>`."""
+        return [self.vocab.boa_id, *self.vocab.codes_to_ids(self.audio_codes(clip), "audio").tolist(), self.vocab.eoa_id]
+
     def patch_block(self, image: ImageLike) -> tuple[list[int], torch.Tensor]:
         """Ids and flattened pixels (P, C*p*p) in [-1, 1] of one image in "patches" mode."""
         if self.patch_size <= 0:
@@ -198,10 +250,10 @@ class Processor:
         image_input: str = "codes",
         max_length: int | None = None,
     ) -> Encoding:
-        """Ids of an interleaved sequence of strings and images.
+        """Ids of an interleaved sequence of strings, images, video clips and audio clips.
 
         Args:
-            items: a string, an image, or a list of them in order.
+            items: a string, an image, a `VideoClip` / (T, C, H, W) tensor, an `AudioClip`, or a list of them in order.
             add_bos / add_eos: wrap the sequence in `<bos>` ... `<eos>`.
             parse_special: recognise `<name>` special tokens inside strings.
             image_input: "codes" (discrete, via the image tokenizer) or "patches" (continuous).
@@ -210,11 +262,11 @@ class Processor:
         Raises:
             ValueError: unknown special token, bad image, or a sequence longer than `max_length`.
         """
-        if isinstance(items, str) or not isinstance(items, Sequence):
+        if isinstance(items, str) or not isinstance(items, Sequence) or _is_video(items) or _is_audio(items):
             items = [items]
         if image_input not in ("codes", "patches"):
             raise ValueError(f"image_input must be 'codes' or 'patches', got {image_input!r}")
-        images = [it for it in items if not isinstance(it, str)]
+        images = [it for it in items if not isinstance(it, str) and not _is_video(it) and not _is_audio(it)]
         codes = self.encode_images(images) if images and image_input == "codes" else None
         ids = [self.vocab.bos_id] if add_bos else []
         patches: list[torch.Tensor] = []
@@ -222,6 +274,10 @@ class Processor:
         for it in items:
             if isinstance(it, str):
                 ids += self.text_ids(it, parse_special)
+            elif _is_video(it):
+                ids += self.video_block(it)
+            elif _is_audio(it):
+                ids += self.audio_block(it)
             elif codes is not None:
                 ids += self.code_block(codes[k])
                 k += 1
@@ -288,7 +344,8 @@ class Processor:
         """Ids -> an interleaved list of strings and images ((3, H, W) float in [0, 1]).
 
         A well-formed image block (`<boi>`, exactly h*w codes, `<eoi>`) becomes an image (decoded by the image
-        tokenizer, all blocks in one batch); anything else is rendered as text: special tokens by name, stray codes
+        tokenizer, all blocks in one batch); a `<bov>` followed only by well-formed image blocks and `<eov>` becomes a
+        (T, 3, H, W) clip; `<boa>` + audio codes + `<eoa>` becomes `AudioCodes`; anything else is rendered as text: special tokens by name, stray codes
         as `<image_N>`. `<bos>`, `<eos>` and `<pad>` are dropped unless `skip_control=False`.
         """
         ids = [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
@@ -308,9 +365,35 @@ class Processor:
                 text.clear()
 
         blocks: list[list[int]] = []
+        videos: list[list[int]] = []  # per clip: indices into `blocks`
+        audio_lo, audio_hi = v.code_ranges.get("audio", (0, 0))
         i = 0
         while i < len(ids):
             t = ids[i]
+            if t == v.bov_id and n_codes is not None and decode_images:
+                j, frames = i + 1, []
+                while j + n_codes + 1 < len(ids) and ids[j] == v.boi_id and ids[j + n_codes + 1] == v.eoi_id \
+                        and all(lo <= x < hi for x in ids[j + 1 : j + 1 + n_codes]):
+                    frames.append(ids[j + 1 : j + 1 + n_codes])
+                    j += n_codes + 2
+                if frames and j < len(ids) and ids[j] == v.eov_id:
+                    flush_text()
+                    videos.append(list(range(len(blocks), len(blocks) + len(frames))))
+                    blocks += frames
+                    out.append(("video", len(videos) - 1))
+                    i = j + 1
+                    continue
+            if t == v.boa_id and audio_hi > audio_lo:
+                j = i + 1
+                while j < len(ids) and audio_lo <= ids[j] < audio_hi:
+                    j += 1
+                if j > i + 1 and j < len(ids) and ids[j] == v.eoa_id:
+                    flush_text()
+                    codes = torch.tensor(ids[i + 1 : j]) - audio_lo
+                    mel = self.audio_tokenizer.decode(codes[None])[0] if self.audio_tokenizer is not None else None
+                    out.append(AudioCodes(codes, mel))
+                    i = j + 1
+                    continue
             if t == v.boi_id and n_codes is not None and decode_images:
                 j = i + 1
                 while j < len(ids) and lo <= ids[j] < hi and j - i - 1 < n_codes:
@@ -331,6 +414,8 @@ class Processor:
                     pass
                 elif lo <= t < hi:
                     text.append(f"<image_{t - lo}>")
+                elif audio_lo <= t < audio_hi:
+                    text.append(f"<audio_{t - audio_lo}>")
                 else:
                     text.append(v.piece(t))
             i += 1
@@ -339,7 +424,7 @@ class Processor:
             h, w = self.grid
             codes = v.ids_to_codes(torch.tensor(blocks)).reshape(len(blocks), h, w)
             images = self.decode_codes(codes)
-            out = [images[x] if isinstance(x, int) else x for x in out]
+            out = [images[x] if isinstance(x, int) else images[videos[x[1]]] if type(x) is tuple else x for x in out]
         return out
 
     @torch.no_grad()
@@ -361,6 +446,8 @@ class Processor:
             if not hasattr(self.image_tokenizer, "save_pretrained"):
                 raise TypeError("the image tokenizer cannot be saved (no save_pretrained)")
             self.image_tokenizer.save_pretrained(folder / "image_tokenizer")
+        if self.audio_tokenizer is not None:
+            self.audio_tokenizer.save_pretrained(folder / "audio_tokenizer")
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, image_tokenizer: Any = None) -> Processor:
@@ -372,7 +459,12 @@ class Processor:
             from tessera.tokenizer import ImageTokenizer
 
             image_tokenizer = ImageTokenizer.from_pretrained(folder / "image_tokenizer").eval()
-        return cls(vocab, image_tokenizer, **settings)
+        audio_tokenizer = None
+        if (folder / "audio_tokenizer").is_dir():
+            from tessera.lm.audio import AudioTokenizer
+
+            audio_tokenizer = AudioTokenizer.from_pretrained(folder / "audio_tokenizer")
+        return cls(vocab, image_tokenizer, audio_tokenizer=audio_tokenizer, **settings)
 
 
 def patch_block(vocab: Vocabulary, image: torch.Tensor, p: int, max_patches: int = 256) -> tuple[list[int], torch.Tensor]:
@@ -395,6 +487,12 @@ def patch_block(vocab: Vocabulary, image: torch.Tensor, p: int, max_patches: int
         ids += [vocab.patch_id] * cols + [vocab.patch_row_id]
     ids.append(vocab.eoi_id)
     return ids, patches.clamp(0, 1) * 2 - 1
+
+
+def _video_tensor(clip: Any) -> torch.Tensor:
+    from tessera.lm.video import to_video_tensor
+
+    return to_video_tensor(clip)
 
 
 def _fit(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

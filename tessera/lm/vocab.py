@@ -142,11 +142,15 @@ class Vocabulary:
 
     # -- construction ------------------------------------------------------------------------------------------------
     @classmethod
-    def default(cls, image_codebook_size: int) -> Vocabulary:
-        """Tessera's committed text tokenizer plus an image code range of `image_codebook_size` codes."""
+    def default(cls, image_codebook_size: int, audio_codebook_size: int = 0) -> Vocabulary:
+        """Tessera's committed text tokenizer plus an image code range of `image_codebook_size` codes and, when
+        `audio_codebook_size` > 0, an audio code range after it (image ids do not move)."""
         from tessera.paths import package_asset
 
-        return cls(package_asset(*DEFAULT_TEXT_MODEL.split("/")), {"image": image_codebook_size})
+        ranges = {"image": image_codebook_size}
+        if audio_codebook_size > 0:
+            ranges["audio"] = audio_codebook_size
+        return cls(package_asset(*DEFAULT_TEXT_MODEL.split("/")), ranges)
 
     def save(self, folder: str | Path) -> None:
         """Write `tokenizer.model` and `vocab.json` (the layout, checked on load)."""
@@ -169,8 +173,9 @@ class Vocabulary:
         if not layout_path.is_file():
             raise FileNotFoundError(f"{folder}: no vocab.json")
         layout = read_json(layout_path, "vocabulary layout")
-        vocab = cls(folder / "tokenizer.model", {k: v[1] - v[0] for k, v in layout["code_ranges"].items()})
-        if vocab.layout() != layout:
+        ranges = sorted(layout["code_ranges"].items(), key=lambda kv: kv[1][0])  # id order (JSON may sort the keys)
+        vocab = cls(folder / "tokenizer.model", {k: v[1] - v[0] for k, v in ranges})
+        if json.dumps(vocab.layout(), sort_keys=True) != json.dumps(layout, sort_keys=True):
             raise ValueError(f"{folder}: tokenizer.model does not match vocab.json (text size or checksum differs)")
         return vocab
 
@@ -209,6 +214,10 @@ class Vocabulary:
     unk_id = property(lambda self: 3)
     boi_id = property(lambda self: self._special["<boi>"])
     eoi_id = property(lambda self: self._special["<eoi>"])
+    boa_id = property(lambda self: self._special["<boa>"])
+    eoa_id = property(lambda self: self._special["<eoa>"])
+    bov_id = property(lambda self: self._special["<bov>"])
+    eov_id = property(lambda self: self._special["<eov>"])
     patch_id = property(lambda self: self._special["<patch>"])
     patch_row_id = property(lambda self: self._special["<patch_row>"])
 

@@ -11,8 +11,11 @@
     tessera lm model-card --run RUN_DIR [--results docs/results/post_training.json] [--out docs/model_card.md]
     tessera lm presets
     tessera lm build-text-tokenizer [--out FILE]
+    tessera lm audio-build [--steps N] [--debug]      (the espeak-ng spoken corpus + the audio tokenizer, cached)
 
-In `--prompt`, each `<image>` marks where the next `--image` goes (without markers the images come first); special
+In `--prompt`, each `<image>` marks where the next `--image` goes (without markers the images come first), and
+likewise `<audio>` for `--audio` (a WAV/FLAC/OGG file, read as 16 kHz mono) and `<video>` for `--video` (a `.npy`
+(T, H, W, C) uint8 clip, an animated GIF or a folder of frames); special
 tokens such as `<boi>` or `<start_of_turn>` are recognised, unknown `<name>` tokens are an error. Text is printed as it
 is generated; every image the model writes is decoded by the image tokenizer and saved as PNG in `--out`.
 """
@@ -44,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--checkpoint", required=True, help="model folder (e.g. runs/lm/nano/final)")
     g.add_argument("--prompt", default="", help="text; <image> marks where each --image goes")
     g.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    g.add_argument("--audio", action="append", default=[], help="speech file, WAV/FLAC/OGG (repeatable; <audio> marks where)")
+    g.add_argument("--video", action="append", default=[], help=".npy clip, animated GIF or folder of frames (repeatable; <video>)")
     g.add_argument("--draw", action="store_true", help="answer with exactly one image (constrained decoding)")
     g.add_argument("--no-images", action="store_true", help="never open an image block (text-only answer)")
     g.add_argument("--max-new-tokens", type=int, default=128)
@@ -70,6 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--out", default=None, help="output .model file (default: the packaged asset)")
     b.set_defaults(handler=_build_text_tokenizer)
 
+    a = sub.add_parser("audio-build", help="synthesise the spoken corpus with espeak-ng and train the audio tokenizer (cached)")
+    a.add_argument("--steps", type=int, default=400, help="audio tokenizer training steps (default 400)")
+    a.add_argument("--codebook-size", type=int, default=256)
+    a.add_argument("--debug", action="store_true", help="a tiny corpus (2 speakers per split, 1 render per text)")
+    a.set_defaults(handler=_audio_build)
+
 
 def _train(args: argparse.Namespace) -> int:
     from tessera.config import load_config
@@ -93,7 +104,41 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prompt_items(prompt: str, image_paths: list[str]) -> list:
+def _prompt_items(prompt: str, image_paths: list[str], audio_paths: list[str] = (), video_paths: list[str] = ()) -> list:
+    if audio_paths or video_paths or "<audio>" in prompt or "<video>" in prompt:
+        return _media_items(prompt, image_paths, list(audio_paths), list(video_paths))
+    return _image_items(prompt, image_paths)
+
+
+def _media_items(prompt: str, image_paths: list[str], audio_paths: list[str], video_paths: list[str]) -> list:
+    """Prompt text split at <image>/<audio>/<video> markers, each replaced by the next file of its kind."""
+    import re
+
+    from tessera.lm.audio import AudioClip
+    from tessera.lm.video import VideoClip, load_video
+
+    images = [x for x in _image_items("", image_paths) if not isinstance(x, str)]
+    media = {"image": images, "audio": [AudioClip.from_file(p) for p in audio_paths],
+             "video": [VideoClip(load_video(p)) for p in video_paths]}
+    parts = re.split(r"<(image|audio|video)>", prompt)
+    markers = parts[1::2]
+    for kind, files in media.items():
+        n = markers.count(kind)
+        if n != len(files) and not (n == 0 and kind == "image"):
+            raise ValueError(f"the prompt has {n} <{kind}> markers but {len(files)} --{kind} files were given")
+    items: list = [] if "image" in markers else list(images)
+    used = {k: 0 for k in media}
+    for i, text in enumerate(parts):
+        if i % 2 == 0:
+            if text:
+                items.append(text)
+        else:
+            items.append(media[text][used[text]])
+            used[text] += 1
+    return items
+
+
+def _image_items(prompt: str, image_paths: list[str]) -> list:
     from PIL import Image, UnidentifiedImageError
 
     images = []
@@ -128,9 +173,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     model, proc = load_pretrained(args.checkpoint)
     vocab = proc.vocab
-    items = _prompt_items(args.prompt, args.image)
+    items = _prompt_items(args.prompt, args.image, args.audio, args.video)
     if not items:
-        raise ValueError("give a --prompt and/or --image")
+        raise ValueError("give a --prompt and/or --image / --audio / --video")
     enc = proc.encode(items, add_bos=True)
     stops = [vocab.eos_id] + [vocab.token_id(s) for s in args.stop]
     constraint = ModalityConstraint(vocab, proc.image_tokens, allow_images=not args.no_images, force_image=args.draw,
@@ -204,14 +249,30 @@ def _eval(args: argparse.Namespace) -> int:
         import yaml
 
         data = from_dict(CorpusConfig, yaml.safe_load(run_cfg.read_text())["data"], prefix="data")
-    corpus = build_corpus(data, proc.image_tokenizer, tokenizer_id=_tokenizer_digest(folder / "image_tokenizer"),
-                          cache=cache_dir("lm", "corpus"))
+    modal = [k for k in ("video", "audio", "spoken_vqa") if data.uses(k)]
+    if modal:  # video clips and the spoken corpus are built by the recipe (cached), with the run's own settings
+        from tessera.config import load_config
+        from tessera.recipes.train_lm import LMRunConfig, prepare
+
+        _, corpus = prepare(load_config(LMRunConfig, run_cfg), proc.image_tokenizer)
+    else:
+        corpus = build_corpus(data, proc.image_tokenizer, tokenizer_id=_tokenizer_digest(folder / "image_tokenizer"),
+                              cache=cache_dir("lm", "corpus"))
     n = 60 if args.quick else 300
     metrics = {
         "caption": caption_accuracy(model, proc, corpus, n=n),
         "vqa": vqa_accuracy(model, proc, corpus, n=n),
         "fewshot": fewshot_accuracy(model, proc, corpus, episodes=n // 3 if args.quick else 100),
     }
+    if modal:
+        from tessera.lm.evaluate_modalities import spoken_vqa_accuracy, spoken_word_accuracy, video_qa_accuracy
+
+        if data.uses("video"):
+            metrics["video_qa"] = video_qa_accuracy(model, proc, corpus, n=n)
+        if data.uses("audio"):
+            metrics["spoken_word"] = spoken_word_accuracy(model, proc, corpus, n=n)
+        if data.uses("spoken_vqa"):
+            metrics["spoken_vqa"] = spoken_vqa_accuracy(model, proc, corpus, n=n)
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.json:
@@ -341,4 +402,22 @@ def _chat(args: argparse.Namespace) -> int:
             sys.stdout.write(chunk)
             sys.stdout.flush()
     print()
+    return 0
+
+
+def _audio_build(args: argparse.Namespace) -> int:
+    from tessera.lm.audio import AudioTokenizerConfig, SpokenCorpusConfig, ensure_audio_tokenizer
+
+    cfg = SpokenCorpusConfig()
+    if args.debug:
+        cfg = SpokenCorpusConfig(accents=("en-us", "en-gb"), variants=("m1", "f2"), test_speakers=2, word_train_renders=1,
+                                 word_test_renders=1, question_train_renders=1, question_test_renders=1)
+    tok, corpus, ident = ensure_audio_tokenizer(cfg, AudioTokenizerConfig(codebook_size=args.codebook_size), steps=args.steps)
+    n = {s: sum(it["split"] == s for it in corpus.items) for s in ("train", "test")}
+    seconds = sum(len(w) for w in corpus.waveforms) / 16000
+    tokens = sum(len(c) for c in corpus.codes)
+    print(f"spoken corpus: {len(corpus.items)} clips ({n['train']} train, {n['test']} test; {seconds / 60:.1f} min of speech), "
+          f"{len(corpus.texts('word'))} words, {len(corpus.texts('question'))} questions; "
+          f"train speakers {', '.join(cfg.speakers('train'))}; held-out speakers {', '.join(cfg.speakers('test'))}")
+    print(f"audio tokenizer {ident}: {tok.config.codebook_size} codes, {tokens / max(1, len(corpus.items)):.1f} tokens per clip")
     return 0

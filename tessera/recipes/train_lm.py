@@ -4,7 +4,10 @@ Read top to bottom:
 1. the image tokenizer: a trained `tessera.tokenizer` folder (`tokenizer.path`), or one trained here on the
    corpus' own train-split scene and glyph images and cached (keyed by its settings) so every size shares it;
 2. the vocabulary: the committed SentencePiece text model + the tokenizer's codebook;
-3. the corpus: pools rendered and tokenized once (cached), documents drawn per step (`tessera.lm.data`);
+3. the corpus: pools rendered and tokenized once (cached), documents drawn per step (`tessera.lm.data`); when the
+   mixture asks for video / audio / spoken_vqa documents, sprite clips (`tessera.data.video.render_sprite_clips`)
+   and the espeak-ng spoken corpus with its audio tokenizer (`tessera.lm.audio`, cached) join it, and the
+   vocabulary gets an audio code range;
 4. the decoder from a preset (+ overrides), vocab_size set from the vocabulary;
 5. `tessera.train.fit` with a token-count `batch_weight` (loss normalised by the global number of target tokens),
    evaluation of held-out-split loss per modality, and the final model folder written to `<run>/final`.
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 
 from tessera.config import ConfigError, from_dict, to_dict
+from tessera.lm.audio import SpokenCorpusConfig
 from tessera.lm.corpus import Corpus, CorpusConfig, build_corpus
 from tessera.lm.data import PackedBatches
 from tessera.lm.model import Decoder, DecoderConfig, config_from_name
@@ -32,7 +36,7 @@ from tessera.lm.vocab import Vocabulary
 from tessera.paths import cache_dir
 from tessera.train import FitResult, OptimConfig, StepOutput, Task, TrainConfig, fit
 
-__all__ = ["TokenizerSpec", "LMRunConfig", "LMTrainModule", "build_model", "prepare", "train_lm", "ensure_image_tokenizer"]
+__all__ = ["TokenizerSpec", "AudioSpec", "LMRunConfig", "LMTrainModule", "build_model", "prepare", "train_lm", "ensure_image_tokenizer"]
 
 _log = logging.getLogger(__name__)
 
@@ -50,12 +54,23 @@ class TokenizerSpec:
 
 
 @dataclass
+class AudioSpec:
+    """The audio tokenizer (trained on the spoken corpus and cached) used when the mixture has audio documents."""
+
+    codebook_size: int = 256
+    steps: int = 400
+    seed: int = 0
+    spoken: SpokenCorpusConfig = field(default_factory=SpokenCorpusConfig)  # what espeak-ng synthesises
+
+
+@dataclass
 class LMRunConfig:
     """Everything `tessera lm train` needs."""
 
     preset: str = "nano"  # decoder preset (tessera.lm.model.PRESETS)
     model: dict[str, Any] = field(default_factory=dict)  # DecoderConfig overrides; vocab_size comes from the vocabulary
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
+    audio: AudioSpec = field(default_factory=AudioSpec)
     data: CorpusConfig = field(default_factory=CorpusConfig)
     seq_len: int = 512  # tokens per packed row
     batch_size: int = 16  # rows per micro-batch (all ranks)
@@ -181,9 +196,23 @@ def prepare(cfg: LMRunConfig, image_tokenizer: Any = None) -> tuple[Processor, C
     tok_cfg = getattr(image_tokenizer, "config", None)
     if tok_cfg is None or int(tok_cfg.image_size) != cfg.data.image_size:
         raise ConfigError(f"data.image_size={cfg.data.image_size} must equal the image tokenizer's image_size")
-    vocab = Vocabulary.default(image_codebook_size=int(tok_cfg.codebook_size))
-    processor = Processor(vocab, image_tokenizer)
-    corpus = build_corpus(cfg.data, image_tokenizer, tokenizer_id=tok_id, cache=cache_dir("lm", "corpus"))
+    audio_tok = spoken = video = None
+    if cfg.data.uses("audio") or cfg.data.uses("spoken_vqa"):
+        from tessera.lm.audio import AudioTokenizerConfig, ensure_audio_tokenizer
+
+        audio_tok, spoken, _ = ensure_audio_tokenizer(cfg.audio.spoken, AudioTokenizerConfig(codebook_size=cfg.audio.codebook_size),
+                                                      steps=cfg.audio.steps, seed=cfg.audio.seed)
+    if cfg.data.uses("video"):
+        from tessera.data.video import render_sprite_clips
+
+        d = cfg.data
+        video = {split: render_sprite_clips(n, split, d.video_frames, d.image_size, seed=d.seed, max_sprites=d.video_max_sprites)
+                 for split, n in (("train", d.video_train_clips), ("test", d.video_test_clips))}
+    vocab = Vocabulary.default(image_codebook_size=int(tok_cfg.codebook_size),
+                               audio_codebook_size=int(audio_tok.config.codebook_size) if audio_tok is not None else 0)
+    processor = Processor(vocab, image_tokenizer, audio_tokenizer=audio_tok)
+    corpus = build_corpus(cfg.data, image_tokenizer, tokenizer_id=tok_id, cache=cache_dir("lm", "corpus"), video=video,
+                          audio=spoken)
     return processor, corpus
 
 
