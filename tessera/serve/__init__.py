@@ -8,7 +8,14 @@ folder), `services` (the model work of each page), `backends` (chat backends and
 `app` (routes, pages, errors). Needs the `serve` extra: `pip install "tessera[serve]"`.
 """
 
-from tessera.serve.backends import ChatBackend, ChatEvent, ChatRequest, PlainLMBackend, chat_backends, register_chat_backend
+from tessera.serve.backends import (
+    ChatBackend,
+    ChatEvent,
+    ChatRequest,
+    PlainLMBackend,
+    chat_backends,
+    register_chat_backend,
+)
 from tessera.serve.config import ServeConfig, ServeLimits, serve_debug
 from tessera.serve.errors import ServeError
 

@@ -34,7 +34,13 @@ from tessera.serve.backends import ChatEvent, ChatRequest, select_chat_backend
 from tessera.serve.config import ServeConfig, ServeLimits
 from tessera.serve.errors import ServeError
 from tessera.serve.models import ModelRegistry
-from tessera.serve.services import classify_fewshot, load_classifier_folder, load_tokenizer_folder, png_data_uri, tokenize_image
+from tessera.serve.services import (
+    classify_fewshot,
+    load_classifier_folder,
+    load_tokenizer_folder,
+    png_data_uri,
+    tokenize_image,
+)
 from tessera.serve.uploads import UploadedImage, read_image
 
 __all__ = ["create_app"]

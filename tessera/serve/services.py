@@ -99,7 +99,7 @@ def classify_fewshot(clf: Any, support: list[Image.Image], labels: list[str], qu
         probs, order = clf.classify(s, labels, q)
     out = []
     for i, row in enumerate(probs):
-        ranked = sorted(zip(order, row.tolist()), key=lambda kv: -kv[1])
+        ranked = sorted(zip(order, row.tolist(), strict=True), key=lambda kv: -kv[1])
         out.append({"query": names[i], "prediction": ranked[0][0], "probabilities": {str(k): float(v) for k, v in ranked},
                     "thumbnail": png_data_uri(queries[i].resize((64, 64)))})
     return {"classes": [str(c) for c in order], "predictions": out, "support_size": len(support)}
