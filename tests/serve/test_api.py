@@ -147,3 +147,35 @@ def test_nothing_is_written_outside_the_data_folder(serve_runs, client):
     client.post("/api/tokenize", files=_files("image", [png()]))
     client.post("/api/chat", data={"prompt": "draw: a blue square.", "draw": "1"})
     assert sorted(p for p in serve_runs.rglob("*")) == before
+
+
+def test_a_registered_backend_serves_the_checkpoints_it_accepts(serve_runs, tmp_path):
+    """The hook for the post-trained checkpoint + safety layer: "auto" picks it for the folders it accepts."""
+    from fastapi.testclient import TestClient
+
+    from tessera.serve import ChatEvent, create_app, register_chat_backend, serve_debug
+    from tessera.serve import backends as B
+
+    class Refuser:
+        name = "refuser"
+
+        def __init__(self, folder):
+            self.folder = folder
+
+        def stream(self, request):
+            yield ChatEvent("refusal", f"not answering {request.prompt!r}")
+            yield ChatEvent("done")
+
+    register_chat_backend("refuser", Refuser, accepts=lambda folder: (folder / "REFUSE").is_file(), priority=10)
+    try:
+        app = create_app(runs_dir=serve_runs, data_dir=tmp_path, config=serve_debug())
+        with TestClient(app) as c:
+            assert c.post("/api/chat", data={"prompt": "hi", "max_new_tokens": "2"}).json()["backend"] == "plain"
+            (serve_runs / "lm" / "final" / "REFUSE").write_text("")
+            try:
+                out = c.post("/api/chat", data={"prompt": "hi"}).json()
+            finally:
+                (serve_runs / "lm" / "final" / "REFUSE").unlink()
+        assert out["backend"] == "refuser" and out["text"] == "not answering 'hi'"
+    finally:
+        B._BACKENDS.pop("refuser", None)
