@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import html
 import json
 import platform
 import sys
@@ -330,7 +331,7 @@ def _settings_section(report, ctx: dict[str, Any]) -> None:
     sec.table(["stage", "wall time"], rows, caption="Stage times measured by this run.")
     settings = dataclasses.asdict(ctx["config"])
     settings["parts"] = list(ctx["parts"])
-    sec.html("<pre>" + __import__("html").escape(json.dumps(settings, indent=2)) + "</pre>")
+    sec.html("<pre>" + html.escape(json.dumps(settings, indent=2)) + "</pre>")
 
 
 # Each entry adds one section to the report: (name, function(report, context)). Later parts append theirs.
