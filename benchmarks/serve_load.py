@@ -173,7 +173,8 @@ def write_results(result: dict, out_name: str, command: str) -> Path:
 
     md = [f"# `tessera serve` under load ({out_name})", "",
           f"Produced by `{command}` on {result['machine']}, {result['date']}. The machine was shared with other jobs "
-          "(loaded), so absolute latencies are pessimistic and vary between runs.", "",
+          f"(1-minute load average {result['load_average_before'][0]:.1f} before, {result['load_average_after'][0]:.1f} after, on "
+          f"{os.cpu_count()} cores), so absolute latencies are pessimistic and vary between runs.", "",
           f"Server: `tessera serve` (uvicorn, one process, OMP_NUM_THREADS={result['OMP_NUM_THREADS']}) on 127.0.0.1; clients: "
           f"{result['concurrency']} concurrent httpx connections in the benchmark's own process, {result['requests']} requests in a fixed seeded mix "
           f"({', '.join(f'{n} x{w}' for n, w in MIX)} out of {sum(w for _, w in MIX)}); one warm-up request per route first.", "",
@@ -201,6 +202,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(args.runs) if args.runs else Path(tmp) / "runs"
         models = {"tokenizer": "newest tokenizer folder in " + str(runs), "caml": "newest CAML folder", "lm": "newest decoder folder"}
@@ -215,7 +217,7 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    result.update(models=models, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "(unset)"), machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+    result.update(load_average_before=load_before, load_average_after=os.getloadavg(), models=models, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "(unset)"), machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
                   f"torch {torch.__version__}", date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     cmd = "python benchmarks/serve_load.py" + "".join(
         f" --{k.replace('_', '-')} {v}" for k, v in (("requests", args.requests), ("concurrency", args.concurrency), ("out_name", args.out_name))
