@@ -119,7 +119,7 @@ def demo_data(num_train: int, num_val: int, source: str = "auto") -> tuple[torch
 class TokenizerDemoConfig:
     """Settings of the tokenizer stage."""
 
-    steps: int = 300
+    steps: int = 250
     batch_size: int = 32
     num_train: int = 0  # training images (0: the whole embedded set)
     num_val: int = 512  # held-out images (512: two groups of 256 for the usage metric)

@@ -29,7 +29,7 @@ class LMDemoConfig:
     """Settings of the multimodal stage (the quick/full profiles live in `tessera.recipes.demo`)."""
 
     preset: str = "nano"
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 8
     seq_len: int = 512
     lr: float = 3e-3
