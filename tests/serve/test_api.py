@@ -179,3 +179,18 @@ def test_a_registered_backend_serves_the_checkpoints_it_accepts(serve_runs, tmp_
         assert out["backend"] == "refuser" and out["text"] == "not answering 'hi'"
     finally:
         B._BACKENDS.pop("refuser", None)
+
+
+def test_configs_load_and_match_the_code():
+    from pathlib import Path
+
+    from tessera.config import ConfigError, load_config
+    from tessera.serve import ServeConfig, serve_debug
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "serve"
+    assert load_config(ServeConfig, root / "serve.yaml") == ServeConfig()
+    assert load_config(ServeConfig, root / "serve_debug.yaml") == serve_debug()
+    with pytest.raises(ConfigError, match="max_upload_byte"):
+        load_config(ServeConfig, None, ["limits.max_upload_byte=3"])
+    with pytest.raises(ValueError, match="allowed_formats"):
+        load_config(ServeConfig, None, ["limits.allowed_formats=[EXE]"])
