@@ -194,3 +194,18 @@ def test_configs_load_and_match_the_code():
         load_config(ServeConfig, None, ["limits.max_upload_byte=3"])
     with pytest.raises(ValueError, match="allowed_formats"):
         load_config(ServeConfig, None, ["limits.allowed_formats=[EXE]"])
+
+
+def test_a_streamed_body_over_the_cap_is_413(client):
+    """Without a Content-Length (chunked upload) the cap is enforced while the body streams in."""
+    boundary = "tesseraboundary"
+
+    def body():
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+               "Content-Type: image/png\r\n\r\n").encode()
+        for _ in range(30):  # 3 MB, over the 2 MiB request cap of serve_debug
+            yield b"x" * 100_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = client.post("/api/tokenize", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413 and "request body" in r.json()["error"]["message"]
