@@ -293,6 +293,20 @@ def _tokenizer_section(report, ctx: dict[str, Any]) -> None:
     )
 
 
+def _warn_if_loaded() -> None:
+    """Torch's default threads oversubscribe a machine that is already busy, which slows training several-fold."""
+    import os
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return
+    cores = os.cpu_count() or 1
+    if load > cores and torch.get_num_threads() > 1:
+        print(f"demo: this machine is busy (load average {load:.1f} on {cores} cores); if the demo is slow, run it with "
+              "OMP_NUM_THREADS=1")
+
+
 def _versions() -> list[list[str]]:
     import importlib.metadata as md
     import os
@@ -390,6 +404,7 @@ def run_demo(
                            else f"run_demo(profile={cfg.profile!r}, parts={list(parts)})"}
 
     print(f"demo: profile {cfg.profile!r}, stages {', '.join(parts)}; checkpoints cached in {stage_root}")
+    _warn_if_loaded()
     tok = _train_estimators(cfg.tokenizer, seed, stage_root / "tokenizer", source, progress)
     for est, r in tok["runs"].items():
         ctx["stages"][f"tokenizer ({est})"] = {"seconds": r["seconds"], "reused": r["reused"]}
