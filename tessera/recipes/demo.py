@@ -1,6 +1,6 @@
 """`tessera demo`: Tessera end to end on a laptop CPU, on embedded data, with one self-contained HTML report.
 
-Run:    tessera demo            (the full profile: about 10 minutes on 2 idle CPU cores, plus one-time data builds)
+Run:    tessera demo            (the full profile, sized for about 10 minutes on 2 idle CPU cores, plus one-time data builds)
         tessera demo --quick    (about 2 minutes: the same stages, smaller)
 Stages (each cached under runs/demo/<profile>/<stage>/, so a rerun with the same settings reuses its checkpoints):
   1. tokenizer: a 32px VQ-VAE (`vqvae-f4-k512-32px`, 8x8 codes from 512) trained twice through the tokenizer
@@ -137,9 +137,9 @@ class DemoConfig:
 
 
 def demo_profile(name: str) -> DemoConfig:
-    """The "full" profile (about 10 min on 2 idle cores), "quick" (about 2 min) or "debug" (seconds; plumbing only).
+    """The "full" profile (sized for about 10 min on 2 idle cores), "quick" (about 2 min) or "debug" (plumbing only).
 
-    Sizes were set from stage times measured on a shared 2-core machine (docs/demo.md).
+    Sizes were set from CPU time per step measured on a shared 2-core machine (docs/results/demo_step_costs.md).
     """
     if name == "full":
         return DemoConfig("full")
