@@ -114,11 +114,43 @@ def embed_images(
     return out
 
 
+def _is_view(ds: FewShotImages) -> bool:
+    """Whether `ds` is a class subset (e.g. `load_suite_dataset(name, "train")`) rather than a whole stored dataset."""
+    full_names = ds.meta.get("class_names")
+    return "/" in ds.name or (full_names is not None and len(full_names) != len(ds.class_names))
+
+
 def _dataset_key(ds: FewShotImages) -> str:
+    """File name of the dataset's embeddings: content hash, plus the subset's own hash for a class subset.
+
+    Split views are named like "glyphs/train"; the name is made filesystem-safe (a "/" would point into a folder
+    that is never created), and a view gets its own file so it never overwrites the whole dataset's cache.
+    """
+    safe = ds.name.replace("/", "~").replace("\\", "~").replace(":", "_")
     sha = ds.meta.get("sha256", {})
     if sha:
-        return f"{ds.name}-{sha.get('images', '')[:12]}{sha.get('labels', '')[:4]}"
-    return f"{ds.name}-{hashlib.sha256(np.ascontiguousarray(ds.labels).tobytes()).hexdigest()[:12]}"
+        key = f"{safe}-{sha.get('images', '')[:12]}{sha.get('labels', '')[:4]}"
+    else:
+        key = f"{safe}-{hashlib.sha256(np.ascontiguousarray(ds.labels).tobytes()).hexdigest()[:12]}"
+    if _is_view(ds):
+        h = hashlib.sha256(np.ascontiguousarray(ds.labels, dtype=np.int64).tobytes())
+        h.update("\n".join(map(str, ds.class_names)).encode())
+        key += f"-view{h.hexdigest()[:8]}"
+    return key
+
+
+def _class_split(ds: FewShotImages) -> list[str]:
+    """The split of each of `ds`'s classes (the stored list maps the whole dataset's classes, not a view's)."""
+    splits = list(ds.meta.get("class_split", []))
+    if not splits or (len(splits) == len(ds.class_names) and not _is_view(ds)):
+        return splits
+    full_names = ds.meta.get("class_names")
+    if full_names is not None and len(full_names) == len(splits):
+        where = {name: i for i, name in enumerate(full_names)}
+        if all(c in where for c in ds.class_names):
+            return [splits[where[c]] for c in ds.class_names]
+    suffix = ds.name.rsplit("/", 1)[-1] if "/" in ds.name else ""
+    return [suffix] * len(ds.class_names) if suffix in SPLITS else []
 
 
 def embed_dataset(
@@ -132,12 +164,12 @@ def embed_dataset(
 
     Args:
         ext: a frozen extractor.
-        ds: a dataset (use the full dataset, not a split view, so the cache serves every split).
+        ds: a dataset or a class subset of one (e.g. a split view); the full dataset's cache serves every split.
         cache: cache root (default `cache_dir("icl", "embeddings")`); False disables caching.
         batch_size: images per forward.
         progress: progress bar.
     """
-    class_split = list(ds.meta.get("class_split", []))
+    class_split = _class_split(ds)
     if cache is False:
         feats = embed_images(ext, ds.to_tensor, len(ds), batch_size, progress, desc=f"embedding {ds.name}")
         return EmbeddedSet(ds.name, feats, np.asarray(ds.labels), list(ds.class_names), class_split)

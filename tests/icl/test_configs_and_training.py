@@ -84,3 +84,26 @@ def test_short_pretraining_beats_chance_on_a_held_out_dataset(tiny_suite, tmp_pa
             accs.append((pred == ep.query_labels).mean())
     print(f"held-out 5w5s accuracy after a short pretraining: {np.mean(accs):.3f}")
     assert float(np.mean(accs)) > 0.5, f"held-out 5-way 5-shot accuracy {np.mean(accs):.2f} (chance 0.20)"
+
+
+def test_embed_dataset_of_a_split_view_is_cached_beside_the_whole_dataset(tiny_suite, tmp_path):
+    """A split view (name "glyphs/train") used to crash: its cache file pointed into a folder never created."""
+    import numpy as np
+
+    from tessera.features import load_extractor
+    from tessera.icl.embeddings import embed_dataset
+    from tessera.icl.suite import load_suite_dataset
+
+    ext = load_extractor("tessera-resnet-debug")
+    whole = load_suite_dataset("glyphs", "all", cfg=tiny_suite, build=False)
+    train = load_suite_dataset("glyphs", "train", cfg=tiny_suite, build=False)
+    es_train = embed_dataset(ext, train, cache=tmp_path, progress=False)
+    assert es_train.features.shape == (len(train), ext.embed_dim)
+    assert es_train.class_split == ["train"] * train.num_classes and es_train.split("train").num_classes == train.num_classes
+    es_whole = embed_dataset(ext, whole, cache=tmp_path, progress=False)
+    assert es_whole.features.shape == (len(whole), ext.embed_dim)  # not overwritten by (or confused with) the view
+    again = embed_dataset(ext, train, cache=tmp_path, progress=False)  # from the cache
+    assert isinstance(again.features, np.memmap) and np.allclose(np.asarray(again.features), np.asarray(es_train.features))
+    rows = np.flatnonzero(np.isin(np.asarray(whole.labels), [whole.class_names.index(c) for c in train.class_names]))
+    assert np.allclose(np.asarray(es_whole.features)[rows], np.asarray(es_train.features), atol=1e-5)
+    assert len(list(tmp_path.rglob("*.npy"))) == 2

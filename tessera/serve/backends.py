@@ -1,0 +1,199 @@
+"""Chat backends: what answers a chat turn. The default streams the plain multimodal decoder; others plug in.
+
+A backend turns a `ChatRequest` into a stream of `ChatEvent`s (text pieces, finished images, a refusal, the end).
+`register_chat_backend(name, factory, accepts=..., priority=...)` adds one; with `ServeConfig.chat_backend="auto"`
+the app picks, for the chosen checkpoint folder, the registered backend of highest priority whose `accepts(folder)`
+is true, falling back to "plain". A post-trained checkpoint with a safety layer registers itself this way, e.g.
+
+    register_chat_backend("safe", lambda folder: SafeChat(folder), accepts=lambda f: (f / "safety.json").is_file(),
+                          priority=10)
+
+and the app then serves that checkpoint through it, with no change to the app.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+__all__ = [
+    "ChatRequest",
+    "ChatEvent",
+    "ChatBackend",
+    "PlainLMBackend",
+    "register_chat_backend",
+    "chat_backends",
+    "select_chat_backend",
+]
+
+
+@dataclass
+class ChatRequest:
+    """One chat turn. `images` are placed where the prompt has `<image>` markers (else before the text)."""
+
+    prompt: str
+    images: list[Image.Image] = field(default_factory=list)
+    max_new_tokens: int = 64
+    draw: bool = False  # answer with exactly one image
+    temperature: float = 0.0
+    seed: int = 0
+    deadline: float = float("inf")  # time.monotonic() after which generation stops
+
+
+@dataclass
+class ChatEvent:
+    """kind: "text" (a new piece of text), "image" (a finished image), "refusal" (text), "stopped" (why), "done"."""
+
+    kind: str
+    text: str = ""
+    image: Image.Image | None = None
+
+
+class ChatBackend(Protocol):
+    name: str
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatEvent]: ...
+
+
+@dataclass
+class _Registered:
+    factory: Callable[[Path], ChatBackend]
+    accepts: Callable[[Path], bool]
+    priority: int
+
+
+_BACKENDS: dict[str, _Registered] = {}
+_LOCK = threading.Lock()
+
+
+def register_chat_backend(
+    name: str,
+    factory: Callable[[Path], ChatBackend],
+    *,
+    accepts: Callable[[Path], bool] | None = None,
+    priority: int = 0,
+) -> None:
+    """Register (or replace) a chat backend.
+
+    Args:
+        name: the name (`ServeConfig.chat_backend` / `tessera serve --chat-backend` select it explicitly).
+        factory: folder of an LM checkpoint -> backend (called once per folder; the result is cached).
+        accepts: whether "auto" may use this backend for a folder (default: every folder).
+        priority: "auto" prefers higher priorities.
+    """
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"chat backend name must be alphanumeric (with - or _), got {name!r}")
+    with _LOCK:
+        _BACKENDS[name] = _Registered(factory, accepts or (lambda folder: True), priority)
+
+
+def chat_backends() -> list[str]:
+    """Registered backend names, highest priority first."""
+    with _LOCK:
+        return [n for n, _ in sorted(_BACKENDS.items(), key=lambda kv: -kv[1].priority)]
+
+
+def select_chat_backend(choice: str, folder: Path) -> tuple[str, Callable[[Path], ChatBackend]]:
+    """(name, factory) of the backend for `folder`: `choice` by name, or "auto" as described above."""
+    with _LOCK:
+        items = dict(_BACKENDS)
+    if choice != "auto":
+        if choice not in items:
+            raise ValueError(f"chat backend {choice!r} is not registered (registered: {', '.join(items) or 'none'})")
+        return choice, items[choice].factory
+    for name, reg in sorted(items.items(), key=lambda kv: -kv[1].priority):
+        if reg.accepts(folder):
+            return name, reg.factory
+    raise ValueError("no registered chat backend accepts this checkpoint")
+
+
+def _prompt_items(prompt: str, images: list[Any]) -> list[Any]:
+    parts = prompt.split("<image>")
+    markers = len(parts) - 1
+    if markers not in (0, len(images)):
+        raise ValueError(f"the prompt has {markers} <image> markers but {len(images)} images were attached")
+    if markers == 0:
+        return [*images, prompt] if prompt else list(images)
+    items: list[Any] = []
+    for i, text in enumerate(parts):
+        if text:
+            items.append(text)
+        if i < len(images):
+            items.append(images[i])
+    return items
+
+
+class PlainLMBackend:
+    """The multimodal decoder as trained, streamed token by token (text pieces as whole characters, images whole)."""
+
+    name = "plain"
+
+    def __init__(self, folder: Path) -> None:
+        from tessera.lm.pretrained import load_pretrained
+
+        self.model, self.processor = load_pretrained(folder)
+        self.model.eval()
+        self._lock = threading.Lock()  # one generation at a time per model: CPU threads are the bottleneck anyway
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatEvent]:
+        import numpy as np
+        import torch
+
+        from tessera.lm.generate import ModalityConstraint, SamplingConfig, stream_generate
+
+        proc, vocab = self.processor, self.processor.vocab
+        items = _prompt_items(request.prompt, request.images)
+        if not items:
+            raise ValueError("the prompt is empty: give some text and/or an image")
+        enc = proc.encode(items, add_bos=True, max_length=self.model.cfg.max_seq_len - request.max_new_tokens)
+        constraint = ModalityConstraint(vocab, proc.image_tokens, allow_images=True, force_image=request.draw,
+                                        stop_after_image=request.draw)
+        max_new = min(request.max_new_tokens, self.model.cfg.max_seq_len - len(enc.ids))
+        if request.draw:
+            max_new = max(max_new, proc.image_tokens + 2)
+        ids = torch.tensor([enc.ids])
+        text_buf: list[int] = []
+        sent = ""
+        block: list[int] | None = None
+        with self._lock:
+            gen = stream_generate(self.model, ids, patches=enc.patches, max_new_tokens=max_new,
+                                  sampling=SamplingConfig(request.temperature), stop_tokens=[vocab.eos_id],
+                                  constraint=constraint, generator=torch.Generator().manual_seed(request.seed))
+            for token in gen:
+                if time.monotonic() > request.deadline:
+                    yield ChatEvent("stopped", "the request's time limit was reached")
+                    break
+                t = int(token[0])
+                if t == vocab.boi_id and block is None:
+                    block = []
+                    continue
+                if block is not None:
+                    if t == vocab.eoi_id:
+                        image = proc.decode([vocab.boi_id, *block, vocab.eoi_id])[0]
+                        if isinstance(image, torch.Tensor):
+                            arr = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                            yield ChatEvent("image", image=Image.fromarray(arr))
+                        block = None
+                    else:
+                        block.append(t)
+                    continue
+                if t == vocab.eos_id:
+                    break
+                text_buf.append(t)
+                text = "".join(x for x in proc.decode(text_buf) if isinstance(x, str))
+                if not text.endswith("\ufffd") and text.startswith(sent) and len(text) > len(sent):
+                    yield ChatEvent("text", text[len(sent):])
+                    sent = text
+            else:
+                if block is not None:
+                    yield ChatEvent("stopped", f"max_new_tokens reached inside an image ({len(block)} of {proc.image_tokens} codes)")
+        yield ChatEvent("done")
+
+
+register_chat_backend("plain", PlainLMBackend, priority=-100)
