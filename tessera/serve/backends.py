@@ -3,12 +3,12 @@
 A backend turns a `ChatRequest` into a stream of `ChatEvent`s (text pieces, finished images, a refusal, the end).
 `register_chat_backend(name, factory, accepts=..., priority=...)` adds one; with `ServeConfig.chat_backend="auto"`
 the app picks, for the chosen checkpoint folder, the registered backend of highest priority whose `accepts(folder)`
-is true, falling back to "plain". A post-trained checkpoint with a safety layer registers itself this way, e.g.
+is true, falling back to "plain". A post-trained checkpoint (one whose folder has the `safety/` written by the
+post-training recipes) is served this way through `SafeChatBackend`, registered below as
 
-    register_chat_backend("safe", lambda folder: SafeChat(folder), accepts=lambda f: (f / "safety.json").is_file(),
-                          priority=10)
+    register_chat_backend("safe", SafeChatBackend, accepts=_has_safety_layer, priority=10)
 
-and the app then serves that checkpoint through it, with no change to the app.
+and other backends plug in the same way, with no change to the app.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "ChatEvent",
     "ChatBackend",
     "PlainLMBackend",
+    "SafeChatBackend",
     "register_chat_backend",
     "chat_backends",
     "select_chat_backend",
@@ -197,3 +198,51 @@ class PlainLMBackend:
 
 
 register_chat_backend("plain", PlainLMBackend, priority=-100)
+
+
+def _has_safety_layer(folder: Path) -> bool:
+    return any((f / "safety" / "safety.json").is_file() for f in (folder, folder / "final"))
+
+
+class SafeChatBackend:
+    """A post-trained checkpoint behind its safety layer (`tessera.lm.safety.load_safe_chat`).
+
+    The safety layer checks the whole reply before releasing it, so text arrives in word-sized pieces only after the
+    reply has passed; a blocked prompt or reply becomes a "refusal" event with the configured refusal text.
+    """
+
+    name = "safe"
+
+    def __init__(self, folder: Path) -> None:
+        from tessera.lm.safety import load_safe_chat
+
+        self.chat = load_safe_chat(folder)
+        self._lock = threading.Lock()
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatEvent]:
+        import numpy as np
+        import torch
+
+        from tessera.lm.generate import SamplingConfig
+
+        if not request.prompt and not request.images:
+            raise ValueError("the prompt is empty: give some text and/or an image")
+        messages = [{"role": "user", "content": request.prompt}]
+        with self._lock:
+            chunks = list(self.chat.chat(messages, images=list(request.images), max_new_tokens=request.max_new_tokens,
+                                         sampling=SamplingConfig(request.temperature), seed=request.seed))
+            blocked = any(v.blocked for v in self.chat.last_verdicts.values())
+        if blocked:
+            yield ChatEvent("refusal", "".join(c for c in chunks if isinstance(c, str)))
+        else:
+            for c in chunks:
+                if isinstance(c, str):
+                    yield ChatEvent("text", c)
+                else:
+                    arr = (c.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                    yield ChatEvent("image", image=Image.fromarray(arr))
+        yield ChatEvent("done")
+
+
+# "auto" serves a post-trained checkpoint (one with a safety/ folder) through its safety layer.
+register_chat_backend("safe", SafeChatBackend, accepts=_has_safety_layer, priority=10)

@@ -209,3 +209,27 @@ def test_a_streamed_body_over_the_cap_is_413(client):
 
     r = client.post("/api/tokenize", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
     assert r.status_code == 413 and "request body" in r.json()["error"]["message"]
+
+
+def test_a_post_trained_checkpoint_is_served_behind_its_safety_layer(serve_runs, tmp_path):
+    """A checkpoint with the safety/ folder the post-training recipes write goes through the safety layer."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from tessera.lm.safety import SafetyClassifier, SafetyConfig, SafetyFilter
+    from tessera.serve import create_app, serve_debug
+
+    safety_dir = serve_runs / "lm" / "final" / "safety"
+    SafetyFilter(SafetyConfig(blocklist=["glorp"]), SafetyClassifier.default()).save(safety_dir)
+    try:
+        app = create_app(runs_dir=serve_runs, data_dir=tmp_path, config=serve_debug())
+        with TestClient(app) as c:
+            blocked = c.post("/api/chat", data={"prompt": "please say glorp", "max_new_tokens": "4"}).json()
+            passed = c.post("/api/chat", data={"prompt": "how many shapes are there?", "max_new_tokens": "4"}).json()
+    finally:
+        shutil.rmtree(safety_dir)
+    assert blocked["backend"] == "safe" and passed["backend"] == "safe"
+    kinds = [e["type"] for e in blocked["events"]]
+    assert "refusal" in kinds and "text" not in kinds and kinds[-1] == "done"
+    assert [e["type"] for e in passed["events"]][-1] == "done" and "refusal" not in [e["type"] for e in passed["events"]]
