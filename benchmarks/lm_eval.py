@@ -181,9 +181,7 @@ def _merge_earlier_sizes(path: Path, meta: dict, results: dict) -> dict:
     if not path.is_file():
         return results
     old = json.loads(path.read_text())
-    same = old.get("profile") == meta["profile"] and {k: v for k, v in old.get("setup", {}).items() if k != "lr"} == {
-        k: v for k, v in json.loads(json.dumps(meta["setup"], default=float)).items() if k != "lr"}
-    if not same:
+    if old.get("profile") != meta["profile"] or not _same_setup(old.get("setup", {}), json.loads(json.dumps(meta["setup"], default=float))):
         return results
     merged = {size: old["results"][size] for size in old.get("results", {}) if size not in results}
     if not merged:
@@ -194,6 +192,21 @@ def _merge_earlier_sizes(path: Path, meta: dict, results: dict) -> dict:
     meta["command"] += f" (sizes {', '.join(merged)} from an earlier run of the same profile and setup)"
     merged.update(results)
     return {size: merged[size] for size in SIZES if size in merged}
+
+
+def _same_setup(old: dict, new: dict) -> bool:
+    """Equal apart from the per-size learning rate; data settings added to the code later (e.g. video pools that the
+    mixture does not use, zero mixture weights) do not count as a difference."""
+    def data(d: dict, keys) -> dict:
+        out = {k: d.get(k) for k in keys}
+        if isinstance(out.get("mixture"), dict):
+            out["mixture"] = {k: v for k, v in out["mixture"].items() if v}
+        return out
+
+    if {k: v for k, v in old.items() if k not in ("lr", "data")} != {k: v for k, v in new.items() if k not in ("lr", "data")}:
+        return False
+    keys = old.get("data", {}).keys()
+    return data(old.get("data", {}), keys) == data(new.get("data", {}), keys)
 
 
 def _pct(x: float) -> str:
