@@ -112,3 +112,19 @@ def test_load_pretrained_reads_a_quantized_folder(float_model, tmp_path, vocab, 
     save_quantized(quantize_model(model, bits=4, group_size=16), tmp_path)  # replaces config.json + weights
     loaded, proc = load_pretrained(tmp_path, image_tokenizer=image_tokenizer)
     assert loaded.quant_config.bits == 4 and proc.vocab.size == vocab.size
+
+
+def test_cli_quantizes_a_model_folder_that_generate_reads(tmp_path, vocab, image_tokenizer, capsys, monkeypatch):
+    from tessera.cli import main
+    from tessera.lm.pretrained import load_pretrained, save_pretrained
+    from tessera.lm.processor import Processor
+
+    model = Decoder(config_from_name("debug", vocab_size=vocab.size)).eval()
+    save_pretrained(model, Processor(vocab, image_tokenizer), tmp_path / "float")
+    assert main(["lm", "quantize", "--checkpoint", str(tmp_path / "float"), "--bits", "4", "--group-size", "16",
+                 "--out", str(tmp_path / "int4")]) == 0
+    assert "int4" in capsys.readouterr().out
+    loaded, _ = load_pretrained(tmp_path / "int4", image_tokenizer=image_tokenizer)
+    assert loaded.quant_config.bits == 4
+    assert main(["lm", "quantize", "--checkpoint", str(tmp_path / "int4"), "--out", str(tmp_path / "x")]) != 0
+    assert "already quantized" in capsys.readouterr().err
