@@ -1,8 +1,8 @@
 """Long context at nano size on CPU: a nano with local/global layers trained briefly on key-value retrieval, swept
 over prompt length (up to 8k tokens) and depth of the pair block, against the same model untrained (chance).
 
-    python benchmarks/lm_longcontext.py --quick   # 300 steps on 128/256-token prompts, 4 x 3 cells of 8 trials
-    python benchmarks/lm_longcontext.py           # 1000 steps on 128-512-token prompts, 32 trials per cell
+    python benchmarks/lm_longcontext.py --quick   # 500 steps on 96/192-token prompts, 4 x 3 cells of 8 trials
+    python benchmarks/lm_longcontext.py           # 2000 steps on 128-512-token prompts, 6 x 5 cells of 32 trials
 
 Writes docs/results/lm_longcontext[_quick].md + .json + a heatmap PNG. The run stays in runs/lm_longcontext/<profile>
 (resumed / reused when its config matches).
@@ -36,9 +36,9 @@ from tessera.recipes.train_longcontext import LongContextRunConfig, build_long_m
 from tessera.train import TrainConfig  # noqa: E402
 
 PROFILES = {
-    "quick": dict(steps=300, train_lengths=(128, 256), batch_size=16, trials=8,
-                  lengths=(256, 1024, 4096, 8192), depths=(0.0, 0.5, 1.0)),
-    "full": dict(steps=1000, train_lengths=(128, 256, 512), batch_size=16, trials=32,
+    "quick": dict(steps=500, train_lengths=(96, 192), batch_size=8, num_pairs=4, num_queries=6, trials=8,
+                  lengths=(192, 1024, 4096, 8192), depths=(0.0, 0.5, 1.0)),
+    "full": dict(steps=2000, train_lengths=(128, 256, 512), batch_size=16, num_pairs=6, num_queries=4, trials=32,
                  lengths=(256, 512, 1024, 2048, 4096, 8192), depths=(0.0, 0.25, 0.5, 0.75, 1.0)),
 }
 
@@ -46,8 +46,9 @@ PROFILES = {
 def run_config(profile: str) -> LongContextRunConfig:
     p = PROFILES[profile]
     return LongContextRunConfig(
-        train=TrainConfig(steps=p["steps"], log_every=25, eval_every=0, progress=False, device="cpu", tensorboard=False),
-        train_lengths=p["train_lengths"], batch_size=p["batch_size"],
+        train=TrainConfig(steps=p["steps"], log_every=25, eval_every=0, checkpoint_every=50, progress=False, device="cpu",
+                          tensorboard=False),
+        train_lengths=p["train_lengths"], batch_size=p["batch_size"], num_pairs=p["num_pairs"], num_queries=p["num_queries"],
     )
 
 
@@ -159,7 +160,8 @@ def _markdown(r: dict, name: str) -> str:
         f"prompt (answers are the only targets).",
         "",
         f"Test: {t['trials']} prompts per cell, {c['num_pairs']} pairs, one query at the end; accuracy = argmax over "
-        f"the whole vocabulary is the value; chance = {t['chance']:.4f} (16 value tokens). Lengths beyond "
+        f"the whole vocabulary is the value; chance = {t['chance']:.4f} (16 value tokens; picking one of the "
+        f"{c['num_pairs']} values in the prompt at random would score {1 / c['num_pairs']:.3f}). Lengths beyond "
         f"{max(c['train_lengths'])} tokens were never seen in training. Sweep time {r['sweep_s'] / 60:.1f} min.",
         "",
         f"![heatmap]({name}.png)",
