@@ -169,7 +169,7 @@ def _markdown(r: dict, name: str) -> str:
         "| length \\ depth | " + " | ".join(f"{d:.2f}" for d in t["depths"]) + " | mean |",
         "|---|" + "---:|" * (len(t["depths"]) + 1),
     ]
-    for length, row in zip(t["lengths"], t["accuracy"]):
+    for length, row in zip(t["lengths"], t["accuracy"], strict=True):
         vals = [a for a in row if a is not None]
         lines.append(f"| {length} | " + " | ".join("-" if a is None else f"{a:.2f}" for a in row)
                      + f" | {sum(vals) / max(1, len(vals)):.2f} |")

@@ -126,7 +126,7 @@ def retrieval_prompt(spec: RetrievalSpec, rng: np.random.Generator, length: int,
     n = spec.num_pairs
     keys = rng.choice(spec.key_ids, size=n, replace=False)
     values = rng.choice(spec.value_ids, size=n, replace=True)
-    block = [int(t) for k, v in zip(keys, values) for t in (k, spec.sep_id, v)]
+    block = [int(t) for k, v in zip(keys, values, strict=True) for t in (k, spec.sep_id, v)]
     asked = rng.choice(n, size=num_queries, replace=num_queries > n)
     tail: list[int] = []
     answers: list[tuple[int, int]] = []

@@ -84,18 +84,18 @@ def quantize_tensor(w: torch.Tensor, bits: int, group_size: int = 32) -> tuple[t
     if not bool(torch.isfinite(w).all()):
         raise ValueError("cannot quantize a weight with NaN/Inf values")
     w = w.detach().float()
-    O, I = w.shape
+    rows, cols = w.shape
     if bits == 8:
         scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0  # (O, 1)
         q = torch.round(w / scale).clamp(-127, 127).to(torch.int8)
         return q, scale
     if bits != 4:
         raise ValueError(f"bits must be 4 or 8, got {bits}")
-    if I % group_size:
-        raise ValueError(f"int4: input features {I} are not divisible by group_size {group_size}")
-    groups = w.view(O, I // group_size, group_size)  # (O, G, group)
+    if cols % group_size:
+        raise ValueError(f"int4: input features {cols} are not divisible by group_size {group_size}")
+    groups = w.view(rows, cols // group_size, group_size)  # (O, G, group)
     scale = groups.abs().amax(dim=2).clamp_min(1e-12) / 7.0  # (O, G)
-    q = torch.round(groups / scale[..., None]).clamp(-8, 7).to(torch.int16).view(O, I) + 8  # [0, 15]
+    q = torch.round(groups / scale[..., None]).clamp(-8, 7).to(torch.int16).view(rows, cols) + 8  # [0, 15]
     packed = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)  # (O, I/2): low nibble = even column
     return packed, scale
 
@@ -104,13 +104,13 @@ def dequantize_tensor(codes: torch.Tensor, scales: torch.Tensor, bits: int, dtyp
     """Inverse of `quantize_tensor` (up to rounding): the (O, I) float matrix in `dtype`."""
     if bits == 8:
         return (codes.float() * scales).to(dtype)
-    O = codes.shape[0]
+    rows = codes.shape[0]
     low = (codes & 0x0F).to(torch.int8) - 8  # (O, I/2)
     high = (codes >> 4).to(torch.int8) - 8
-    q = torch.stack((low, high), dim=2).view(O, -1)  # (O, I): interleave back to column order
-    G = scales.shape[1]
-    w = q.view(O, G, -1).float() * scales[..., None]  # (O, G, group)
-    return w.view(O, -1).to(dtype)
+    q = torch.stack((low, high), dim=2).view(rows, -1)  # (O, I): interleave back to column order
+    groups = scales.shape[1]
+    w = q.view(rows, groups, -1).float() * scales[..., None]  # (O, G, group)
+    return w.view(rows, -1).to(dtype)
 
 
 # -- modules ---------------------------------------------------------------------------------------------------------

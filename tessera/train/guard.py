@@ -99,7 +99,7 @@ class Snapshot:
         with torch.no_grad():
             module.load_state_dict(_clone_tree(self.model))
         optimizer.load_state_dict(_clone_tree(self.optimizer))
-        for group, lr in zip(optimizer.param_groups, lrs):
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
 
 

@@ -336,7 +336,7 @@ def fit(
             else:
                 scale = 1.0 / cfg.grad_accum
 
-            def forward_backward() -> tuple[float, dict[str, float]]:
+            def forward_backward(micro=micro, step=step, scale=scale) -> tuple[float, dict[str, float]]:
                 step_loss = 0.0
                 step_metrics: dict[str, float] = {}
                 for m, batch in enumerate(micro):

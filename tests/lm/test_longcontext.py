@@ -49,7 +49,7 @@ def test_nano_reaches_8k_tokens_on_cpu_with_bounded_local_cache():
         for s in range(0, 8192, 1024):
             out = model(ids[:, s : s + 1024], cache=cache, last_only=True)
     assert out.logits.shape == (1, 1, 2560) and bool(torch.isfinite(out.logits).all())
-    for kind, layer in zip(cache.kinds, cache.layers):
+    for kind, layer in zip(cache.kinds, cache.layers, strict=True):
         assert layer.k.shape[2] == (cfg.sliding_window if kind == "local" else 8192)  # the ring stays one window
     kv = kv_cache_bytes(cfg, 8192)
     assert kv["local"] == 2 * cfg.sliding_window * 2 * 32 * 4 and kv["global"] == 2 * 8192 * 2 * 32 * 4

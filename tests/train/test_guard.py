@@ -118,7 +118,7 @@ def test_replay_leaves_training_bitwise_unchanged(tmp_path):
     fit(plain, cfg(), OPT, tmp_path / "a")
     checked = make_task()
     fit(checked, cfg(replay_every=3), OPT, tmp_path / "b")
-    for (k, a), b in zip(plain.module.state_dict().items(), checked.module.state_dict().values()):
+    for (k, a), b in zip(plain.module.state_dict().items(), checked.module.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 
