@@ -33,11 +33,14 @@ sys.path.insert(0, str(ROOT))
 from tessera.config import to_dict  # noqa: E402
 from tessera.lm.longcontext import RetrievalSpec, kv_cache_bytes, retrieval_accuracy, retrieval_batch  # noqa: E402
 from tessera.recipes.train_longcontext import LongContextRunConfig, build_long_model, train_longcontext  # noqa: E402
-from tessera.train import TrainConfig  # noqa: E402
+from tessera.train import OptimConfig, TrainConfig  # noqa: E402
 
 PROFILES = {
     "quick": dict(steps=500, train_lengths=(96, 192), batch_size=8, num_pairs=4, num_queries=6, trials=8,
                   lengths=(192, 1024, 4096, 8192), depths=(0.0, 0.5, 1.0)),
+    # The induction-head layout (`key value` pairs, `query key` questions) with a higher learning rate.
+    "quick_nosep": dict(steps=500, train_lengths=(96, 192), batch_size=8, num_pairs=4, num_queries=6, trials=8,
+                        lengths=(192, 1024, 4096, 8192), depths=(0.0, 0.5, 1.0), use_sep=False, lr=1e-2),
     "full": dict(steps=2000, train_lengths=(128, 256, 512), batch_size=16, num_pairs=6, num_queries=4, trials=32,
                  lengths=(256, 512, 1024, 2048, 4096, 8192), depths=(0.0, 0.25, 0.5, 0.75, 1.0)),
 }
@@ -49,6 +52,7 @@ def run_config(profile: str) -> LongContextRunConfig:
         train=TrainConfig(steps=p["steps"], log_every=25, eval_every=0, checkpoint_every=50, progress=False, device="cpu",
                           tensorboard=False),
         train_lengths=p["train_lengths"], batch_size=p["batch_size"], num_pairs=p["num_pairs"], num_queries=p["num_queries"],
+        use_sep=p.get("use_sep", True), optim=OptimConfig(lr=p.get("lr", 3e-3), weight_decay=0.0, warmup_steps=20),
     )
 
 
@@ -80,15 +84,16 @@ def _heatmap(res: dict, title: str, path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--profile", default=None, choices=sorted(PROFILES), help="a named profile (overrides --quick)")
     args = ap.parse_args()
-    profile = "quick" if args.quick else "full"
+    profile = args.profile or ("quick" if args.quick else "full")
     p = PROFILES[profile]
     cfg = run_config(profile)
     run_dir = ROOT / "runs" / "lm_longcontext" / profile
     t0 = time.time()
     model, fit_res = train_longcontext(cfg, run_dir, resume=True)
     train_s = time.time() - t0
-    spec = RetrievalSpec.for_vocab_size(cfg.vocab_size, num_pairs=cfg.num_pairs)
+    spec = RetrievalSpec.for_vocab_size(cfg.vocab_size, num_pairs=cfg.num_pairs, use_sep=cfg.use_sep)
 
     t1 = time.time()
     trained = retrieval_accuracy(model, lengths=p["lengths"], depths=p["depths"], trials=p["trials"], spec=spec, seed=7)
@@ -112,7 +117,7 @@ def main() -> int:
 
     result = {
         "profile": profile,
-        "command": "python benchmarks/lm_longcontext.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/lm_longcontext.py" + (f" --profile {args.profile}" if args.profile else " --quick" if args.quick else ""),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}",
         "load_average": os.getloadavg(),
@@ -130,7 +135,7 @@ def main() -> int:
         "prefill_s": prefill_s,
         "prefill_tokens": long_n,
     }
-    name = "lm_longcontext_quick" if args.quick else "lm_longcontext"
+    name = "lm_longcontext" if profile == "full" else f"lm_longcontext_{profile}"
     out_dir = ROOT / "docs" / "results"
     from tessera.io import atomic_write_json, atomic_write_text
 
@@ -156,7 +161,8 @@ def _markdown(r: dict, name: str) -> str:
         f"{m['rope_local_theta']:g} (local), rope_scaling {m['rope_scaling']:g}, max_seq_len {m['max_seq_len']:,}. "
         f"Trained from scratch for {c['train']['steps']} steps x {c['batch_size']} prompts of "
         f"{' or '.join(str(n) for n in c['train_lengths'])} tokens ({r['train_tokens']:,.0f} tokens, "
-        f"{r['train_s'] / 60:.0f} min), {c['num_pairs']} pairs per prompt, {c['num_queries']} queries per training "
+        f"{r['train_s'] / 60:.0f} min), {c['num_pairs']} pairs per prompt laid out as "
+        f"{'`key sep value`' if c.get('use_sep', True) else '`key value`'}, learning rate {c['optim']['lr']:g}, {c['num_queries']} queries per training "
         f"prompt (answers are the only targets).",
         "",
         f"Test: {t['trials']} prompts per cell, {c['num_pairs']} pairs, one query at the end; accuracy = argmax over "

@@ -11,7 +11,7 @@ position interpolation (`rope_scaling`, positions / factor; Gemma-3 uses 8) to s
 
 Retrieval test (the Gemini report's long-context check: key-value pairs at the start, filler, then a query for one
 key). A prompt is `<bos>`, filler tokens, a block of `num_pairs` pairs `key sep value`, more filler, and at the end
-`query key sep`; the model must put the pair's value at the last position. The block sits at relative `depth`
+`query key sep` (or `key value` pairs and a `query key` question with `use_sep=False`); the model must put the pair's value at the last position. The block sits at relative `depth`
 (0 = right after `<bos>`, 1 = right before the query) of a prompt of `length` tokens. Accuracy = the argmax over the
 whole vocabulary equals the value; chance is 1 / number of value tokens. Keys, values and filler are disjoint sets
 of token ids (`RetrievalSpec`), so any decoder with a large enough vocabulary can be scored.
@@ -81,6 +81,7 @@ class RetrievalSpec:
     query_id: int
     bos_id: int = 2
     num_pairs: int = 6  # pairs in the block; one of them is queried
+    use_sep: bool = True  # pairs as `key sep value` and queries as `query key sep`; False: `key value` / `query key`
 
     def __post_init__(self) -> None:
         sets = [set(self.key_ids), set(self.value_ids), set(self.filler_ids), {self.sep_id}, {self.query_id}]
@@ -93,7 +94,7 @@ class RetrievalSpec:
 
     @classmethod
     def for_vocab_size(cls, vocab_size: int, num_keys: int = 64, num_values: int = 16, num_filler: int = 256,
-                       num_pairs: int = 6) -> RetrievalSpec:
+                       num_pairs: int = 6, use_sep: bool = True) -> RetrievalSpec:
         """Consecutive id ranges inside the text part of a Tessera vocabulary (ids from 300: plain text pieces, past
         the special tokens and byte fallbacks); smaller vocabularies start at id 8."""
         start = 300 if vocab_size >= 1024 else 8
@@ -104,7 +105,7 @@ class RetrievalSpec:
         keys, ids = ids[:num_keys], ids[num_keys:]
         values, ids = ids[:num_values], ids[num_values:]
         filler, ids = ids[:num_filler], ids[num_filler:]
-        return cls(keys, values, filler, sep_id=ids[0], query_id=ids[1], num_pairs=num_pairs)
+        return cls(keys, values, filler, sep_id=ids[0], query_id=ids[1], num_pairs=num_pairs, use_sep=use_sep)
 
     @property
     def chance(self) -> float:
@@ -126,12 +127,13 @@ def retrieval_prompt(spec: RetrievalSpec, rng: np.random.Generator, length: int,
     n = spec.num_pairs
     keys = rng.choice(spec.key_ids, size=n, replace=False)
     values = rng.choice(spec.value_ids, size=n, replace=True)
-    block = [int(t) for k, v in zip(keys, values, strict=True) for t in (k, spec.sep_id, v)]
+    sep = [spec.sep_id] if spec.use_sep else []
+    block = [int(t) for k, v in zip(keys, values, strict=True) for t in (k, *sep, v)]
     asked = rng.choice(n, size=num_queries, replace=num_queries > n)
     tail: list[int] = []
     answers: list[tuple[int, int]] = []
     for j, q in enumerate(asked):
-        tail += [spec.query_id, int(keys[q]), spec.sep_id]
+        tail += [spec.query_id, int(keys[q]), *sep]
         answers.append((len(tail) - 1, int(values[q])))  # offset inside the tail
         if j < num_queries - 1:
             tail.append(int(values[q]))

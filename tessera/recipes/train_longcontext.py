@@ -45,6 +45,7 @@ class LongContextRunConfig:
     model: dict[str, Any] = field(default_factory=dict)  # further DecoderConfig overrides
     vocab_size: int = 2560  # the Tessera vocabulary with a 512-code image tokenizer
     num_pairs: int = 6
+    use_sep: bool = True  # `key sep value` pairs (False: `key value`, the classic induction-head layout)
     num_queries: int = 4  # queries per training prompt (each answer is a target)
     train_lengths: tuple[int, ...] = (128, 256, 512)
     batch_size: int = 16
@@ -81,7 +82,7 @@ class RetrievalModule(nn.Module):
 
 def train_longcontext(cfg: LongContextRunConfig, run_dir: str | Path, *, resume: bool = False) -> tuple[Decoder, FitResult]:
     """Train the retrieval model; returns (model in eval mode, fit result)."""
-    spec = RetrievalSpec.for_vocab_size(cfg.vocab_size, num_pairs=cfg.num_pairs)
+    spec = RetrievalSpec.for_vocab_size(cfg.vocab_size, num_pairs=cfg.num_pairs, use_sep=cfg.use_sep)
     torch.manual_seed(cfg.train.seed)
     model = build_long_model(cfg)
     lengths = list(cfg.train_lengths)

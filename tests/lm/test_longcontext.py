@@ -71,6 +71,9 @@ def test_retrieval_prompt_layout():
             assert block_start == 1
         if depth == 1.0:
             assert block_start == 200 - 3 - 3 * spec.num_pairs
+    plain = RetrievalSpec.for_vocab_size(2560, use_sep=False)
+    ids, ((pos, value),) = retrieval_prompt(plain, rng, 50, 0.0)
+    assert ids[-2] == plain.query_id and ids[ids.index(ids[-1]) + 1] == value and plain.sep_id not in ids
     b = retrieval_batch(spec, rng, 3, 100, None, num_queries=4)
     assert b["input_ids"].shape == (3, 100) and int((b["targets"] != -100).sum()) == 12
     with pytest.raises(ValueError, match="too short"):
