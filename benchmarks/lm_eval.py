@@ -1,6 +1,7 @@
 """Evaluate the nano / pro / ultra decoders trained on the same data with the same budget.
 
     python benchmarks/lm_eval.py --quick      # 30 steps per size, small eval sets: a plumbing check (~10 min on 2 cores)
+    python benchmarks/lm_eval.py --profile medium   # 200 steps per size, 600-step image tokenizer, mid-size eval sets
     python benchmarks/lm_eval.py              # configs/lm/{nano,pro,ultra}.yaml as written, full eval sets
 
 Writes docs/results/lm.md and docs/results/lm.json (or lm_quick.*). Trained models stay in runs/lm_eval/<profile>/<size>
@@ -45,6 +46,9 @@ SIZES = ("nano", "pro", "ultra")
 PROFILES = {
     "quick": dict(overrides=["train.steps=30", "batch_size=4", "train.eval_every=0", "train.checkpoint_every=0"],
                   caption=30, vqa=42, fidelity=16, episodes=20, probe_steps=500),
+    # Half the full budget, for a shared or slow machine (the doc names the profile it was produced with).
+    "medium": dict(overrides=["train.steps=200", "train.eval_every=0", "train.checkpoint_every=100", "tokenizer.steps=600"],
+                   caption=100, vqa=150, fidelity=48, episodes=60, probe_steps=800),
     "full": dict(overrides=[], caption=200, vqa=300, fidelity=100, episodes=100, probe_steps=800),
 }
 
@@ -102,6 +106,7 @@ def _read_final_metrics(run: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="30 training steps per size and small eval sets")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=None, help="quick / medium / full (default full)")
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated sizes (default nano,pro,ultra)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--runs", default=None, help="run folder root (default runs/lm_eval/<profile>)")
@@ -109,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    profile = "quick" if args.quick else "full"
+    profile = args.profile or ("quick" if args.quick else "full")
     prof = PROFILES[profile]
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     run_root = Path(args.runs) if args.runs else ROOT / "runs" / "lm_eval" / profile
@@ -150,7 +155,7 @@ def main() -> None:
     import transformers  # noqa: F401 - only for the version line when installed
 
     meta = {
-        "command": "python benchmarks/lm_eval.py" + (" --quick" if args.quick else "")
+        "command": "python benchmarks/lm_eval.py" + (f" --profile {profile}" if profile != "full" else "")
         + (f" --sizes {args.sizes}" if args.sizes != ",".join(SIZES) else "") + (f" --threads {args.threads}" if args.threads else ""),
         "profile": profile, "wall_s": wall, "timings_s": timings,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -161,10 +166,34 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "lm" if profile == "full" else "lm_quick"
+    stem = "lm_quick" if profile == "quick" else "lm"  # the doc's header names the profile
+    results = _merge_earlier_sizes(out / f"{stem}.json", meta, results)
     (out / f"{stem}.json").write_text(json.dumps({**meta, "results": results}, indent=2, default=float) + "\n")
     (out / f"{stem}.md").write_text(render(meta, results))
     print((out / f"{stem}.md").read_text())
+
+
+def _merge_earlier_sizes(path: Path, meta: dict, results: dict) -> dict:
+    """Keep sizes evaluated by an earlier run of the same profile and setup (`--sizes ultra` adds a column).
+
+    Sizes can then be trained one run at a time on a slow machine; a column from a different setup is never mixed in.
+    """
+    if not path.is_file():
+        return results
+    old = json.loads(path.read_text())
+    same = old.get("profile") == meta["profile"] and {k: v for k, v in old.get("setup", {}).items() if k != "lr"} == {
+        k: v for k, v in json.loads(json.dumps(meta["setup"], default=float)).items() if k != "lr"}
+    if not same:
+        return results
+    merged = {size: old["results"][size] for size in old.get("results", {}) if size not in results}
+    if not merged:
+        return results
+    meta["setup"]["lr"] = {**old["setup"].get("lr", {}), **meta["setup"]["lr"]}
+    meta["wall_s"] += old.get("wall_s", 0.0)
+    meta["timings_s"] = {**old.get("timings_s", {}), **meta["timings_s"]}
+    meta["command"] += f" (sizes {', '.join(merged)} from an earlier run of the same profile and setup)"
+    merged.update(results)
+    return {size: merged[size] for size in SIZES if size in merged}
 
 
 def _pct(x: float) -> str:

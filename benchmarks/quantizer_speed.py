@@ -173,7 +173,9 @@ def _markdown(report: dict) -> str:
         f"Produced by `{report['command']}` on {report['date']} ({report['wall_s']:.0f} s wall).",
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB RAM; "
         f"Python {m['python']}, torch {m['torch']}, vector-quantize-pytorch {m['vector_quantize_pytorch']}.",
-        f"Machine fp32 matmul throughput (4096^3 GEMM): **{report['matmul_gflops']:.0f} GFLOP/s**.",
+        f"Machine fp32 matmul throughput (4096^3 GEMM): **{report['matmul_gflops']:.0f} GFLOP/s**. "
+        f"1-minute load average at start / end: {report['load_average_start_end'][0]} / {report['load_average_start_end'][1]}"
+        f" ({m['cores']} cores; above {m['cores']} means other jobs competed for the CPU and timings are noisier).",
         "",
         "Forward + backward of one training step, input (1, N, D) fp32, Euclidean lookup, EMA decay 0.8, commitment 1.0;",
         f"median of {report['repeats']} after one warm-up, each method in a fresh process. Extra memory = peak RSS during the steps",
@@ -234,6 +236,7 @@ def main() -> None:
         return
 
     t0 = time.time()
+    load_start = os.getloadavg()
     limit = int(args.memory_limit_gib * 2**30)
     repeats = {8192 * 64 * 1024: 20, 8192 * 256 * 8192: 7, 65536 * 32 * 65536: 3}
     if args.quick:
@@ -272,6 +275,8 @@ def main() -> None:
         "wall_s": time.time() - t0,
         "machine": _machine(),
         "matmul_gflops": matmul.get("gflops", float("nan")),
+        # Other jobs on the machine slow every method alike but add noise; the load average says how busy it was.
+        "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "repeats": "/".join(str(repeats[n * d * k]) for n, d, k in SHAPES),
         "rows": rows,
         "targets": targets,

@@ -15,6 +15,7 @@ FORBIDDEN = {
     "train": {"recipes", "cli", "serve"} | (MODELS - {"quantize", "layers"}),
     "config": {"*"},
     "io": {"*"},
+    "validate": {"*"},
     "paths": {"*"},
 }
 

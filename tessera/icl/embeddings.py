@@ -22,6 +22,7 @@ import torch
 
 from tessera.features.base import FeatureExtractor
 from tessera.icl.suite._store import SPLITS, FewShotImages
+from tessera.io import atomic_write_text
 
 __all__ = ["EmbeddedSet", "extractor_fingerprint", "embed_images", "embed_dataset"]
 
@@ -155,5 +156,5 @@ def embed_dataset(
     np.save(tmp, feats)
     os.replace(tmp, path)
     info: dict[str, Any] = {"extractor": ext.name, "embed_dim": ext.embed_dim}
-    (folder / "extractor.json").write_text(json.dumps(info) + "\n")
+    atomic_write_text(folder / "extractor.json", json.dumps(info) + "\n")
     return EmbeddedSet(ds.name, np.load(path, mmap_mode="r"), np.asarray(ds.labels), list(ds.class_names), class_split)

@@ -129,6 +129,8 @@ def fixed_episodes(
     labels: np.ndarray, way: int, shot: int, query: int, num: int, seed: int, *, min_query: int = 1
 ) -> list[Episode]:
     """The `num` evaluation episodes of a (dataset, way, shot, seed): identical for every method that asks."""
+    if num < 0:
+        raise ValueError(f"num (episodes) must be >= 0, got {num}")
     classes = class_index(labels)
     return [sample_episode(classes, way, shot, query, episode_rng(seed, i), min_query=min_query) for i in range(num)]
 

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from tessera.icl.elmes import elmes
+from tessera.validate import check_finite, check_tensor
 
 __all__ = ["CAMLConfig", "CAML", "CAMLOutput", "CAML_PRESETS", "CheckpointMismatchError", "FeatureNorm"]
 
@@ -223,6 +224,9 @@ class CAML(nn.Module):
             raise ValueError(f"support {tuple(support.shape)}, labels {tuple(labels.shape)} and query {tuple(query.shape)} disagree")
         if n == 0:
             raise ValueError("empty support set")
+        for name, x in (("support", support), ("query", query)):
+            check_tensor(x, name, kind="float")
+            check_finite(x, name)  # one NaN feature would silently turn every logit of the episode into NaN
         if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise TypeError(f"labels must be integers, got {labels.dtype}")
         lo, hi = int(labels.min()), int(labels.max())

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -256,7 +257,7 @@ def encode_images(tokenizer: _Tokenizer, images: np.ndarray, batch_size: int = 2
 def _save_cached(path: Path, pools: dict[tuple[str, str], ImagePool]) -> None:
     arrays = {f"{p}_{s}": pool.codes for (p, s), pool in pools.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.npz")  # per process: torchrun ranks may build it together
     np.savez(tmp, **arrays)
     tmp.replace(path)
 

@@ -18,7 +18,6 @@ field so imported models compute what transformers computes ("gelu_pytorch_tanh"
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 
 from tessera.lm._io import atomic_write_json, load_safetensors, save_safetensors
 from tessera.lm.model import Decoder, DecoderConfig, rope_inv_freqs
+from tessera.validate import read_json
 
 __all__ = ["from_hf", "to_hf", "config_from_hf", "config_to_hf"]
 
@@ -185,7 +185,10 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         return load_safetensors(single)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        index_doc = read_json(index, "safetensors index")
+        if not isinstance(index_doc, dict) or not isinstance(index_doc.get("weight_map"), dict):
+            raise ValueError(f"{index}: no \"weight_map\" mapping (not a safetensors index)")
+        shards = sorted(set(index_doc["weight_map"].values()))
         out: dict[str, torch.Tensor] = {}
         for shard in shards:
             out.update(load_safetensors(folder / shard))
@@ -211,7 +214,9 @@ def from_hf(path: str | Path, dtype: torch.dtype = torch.float32) -> Decoder:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{folder}: no config.json (expected a Hugging Face checkpoint folder)")
-    hf_cfg = json.loads(cfg_path.read_text())
+    hf_cfg = read_json(cfg_path, "Hugging Face config")
+    if not isinstance(hf_cfg, dict) or "model_type" not in hf_cfg:
+        raise ValueError(f"{cfg_path}: no \"model_type\" (not a Hugging Face model config)")
     cfg = config_from_hf(hf_cfg, str(cfg_path))
     gemma1 = hf_cfg["model_type"] == "gemma"
     weights = _read_weights(folder)

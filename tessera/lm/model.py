@@ -27,7 +27,6 @@ The z-loss and per-modality loss weights belong to the training objective (`tess
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -35,6 +34,8 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tessera.validate import check_ids, check_same_shape, read_json
 
 __all__ = [
     "DecoderConfig",
@@ -609,7 +610,7 @@ class Decoder(nn.Module):
         cfg_path = folder / "config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{folder}: no config.json (not a Tessera decoder folder)")
-        meta = json.loads(cfg_path.read_text())
+        meta = read_json(cfg_path, "decoder config")
         if meta.get("format") != "tessera.lm.Decoder":
             hint = " (a Hugging Face checkpoint? use tessera.lm.from_hf)" if "model_type" in meta else ""
             raise ValueError(f"{cfg_path}: not a Tessera decoder config{hint}")
@@ -706,6 +707,12 @@ class Decoder(nn.Module):
         if input_ids.dtype not in (torch.long, torch.int32):
             raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
         B, T = input_ids.shape
+        if B == 0 or T == 0:
+            raise ValueError(f"input_ids is empty (shape {(B, T)}): an empty batch has nothing to process")
+        if not torch.compiler.is_compiling():  # a host sync: kept out of compiled graphs
+            check_ids(input_ids, cfg.vocab_size, "input_ids")  # else an embedding 'index out of range' without the range
+        check_same_shape(attention_mask, (B, T), "attention_mask", "input_ids")
+        check_same_shape(segment_ids, (B, T), "segment_ids", "input_ids")
         past = 0 if cache is None else cache.length
         if past + T > cfg.max_seq_len:
             raise ValueError(f"sequence of {past + T} tokens exceeds the model's max_seq_len {cfg.max_seq_len}")

@@ -16,7 +16,6 @@ be written `<image_17>` (that is how `decode` renders codes outside a well-forme
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from tessera.lm.vocab import Vocabulary
+from tessera.validate import read_json
 
 __all__ = ["Processor", "Encoding", "ImageLike", "to_image_tensor", "patch_block"]
 
@@ -257,6 +257,32 @@ class Processor:
         pix = [e.patches for e in encodings if isinstance(e, Encoding) and e.patches is not None]
         return {"input_ids": ids, "attention_mask": mask, "patches": torch.cat(pix) if pix else None}
 
+    # -- chat ----------------------------------------------------------------------------------------------------------
+    def apply_chat_template(
+        self, messages: Sequence[dict], *, add_generation_prompt: bool = True, parse_special: bool = False
+    ) -> Any:
+        """Ids of a conversation in Tessera's chat template (`tessera.lm.chat`), images tokenized to codes.
+
+        Returns a `tessera.lm.chat.ChatEncoding` (ids + which tokens supervised tuning learns). User text is plain
+        text by default (`parse_special=False`), so a typed "<end_of_turn>" cannot forge a turn.
+        """
+        from tessera.lm.chat import check_messages, encode_chat
+
+        check_messages(messages)
+        images = [x for m in messages for x in ([] if isinstance(m["content"], str) else m["content"]) if not isinstance(x, str)]
+        codes = iter(self.encode_images(images)) if images else iter(())
+
+        def item(x: Any) -> list[int]:
+            return self.text_ids(x, parse_special) if isinstance(x, str) else self.code_block(next(codes))
+
+        return encode_chat(messages, self.vocab, item, add_generation_prompt=add_generation_prompt)
+
+    def parse_chat(self, ids: Sequence[int] | torch.Tensor) -> list[dict]:
+        """Messages of a rendered conversation (the inverse of `apply_chat_template`; images decoded to pixels)."""
+        from tessera.lm.chat import parse_chat
+
+        return parse_chat(ids.tolist() if isinstance(ids, torch.Tensor) else ids, self.vocab, self.decode)
+
     # -- decoding ------------------------------------------------------------------------------------------------------
     def decode(self, ids: Sequence[int] | torch.Tensor, *, skip_control: bool = True, decode_images: bool = True) -> list[str | torch.Tensor]:
         """Ids -> an interleaved list of strings and images ((3, H, W) float in [0, 1]).
@@ -341,7 +367,7 @@ class Processor:
         """Load what `save_pretrained` wrote; the image tokenizer from `image_tokenizer/` unless one is given."""
         folder = Path(folder)
         vocab = Vocabulary.load(folder)
-        settings = json.loads((folder / "processor.json").read_text()) if (folder / "processor.json").is_file() else {}
+        settings = read_json(folder / "processor.json", "processor settings") if (folder / "processor.json").is_file() else {}
         if image_tokenizer is None and (folder / "image_tokenizer").is_dir():
             from tessera.tokenizer import ImageTokenizer
 

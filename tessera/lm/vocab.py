@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from tessera.validate import read_json
+
 __all__ = [
     "BASE_SPECIALS",
     "CONTROL_TOKENS",
@@ -166,7 +168,7 @@ class Vocabulary:
         layout_path = folder / "vocab.json"
         if not layout_path.is_file():
             raise FileNotFoundError(f"{folder}: no vocab.json")
-        layout = json.loads(layout_path.read_text())
+        layout = read_json(layout_path, "vocabulary layout")
         vocab = cls(folder / "tokenizer.model", {k: v[1] - v[0] for k, v in layout["code_ranges"].items()})
         if vocab.layout() != layout:
             raise ValueError(f"{folder}: tokenizer.model does not match vocab.json (text size or checksum differs)")

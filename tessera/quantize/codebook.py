@@ -107,7 +107,7 @@ class Codebook(nn.Module):
 
     def nearest(self, x: Tensor) -> Tensor:
         """(N,) index of the nearest code for each row of `x` (N, D)."""
-        return nearest_codes(x.detach(), self.codes().detach(), distance=self.distance, max_chunk_bytes=self.max_chunk_bytes)
+        return nearest_codes(x.detach(), self.codes().detach(), distance=self.distance, max_chunk_bytes=self.max_chunk_bytes, check_finite=False)
 
     # -- sampling shared by k-means and restarts ---------------------------------------------------------------
     def _generator(self) -> torch.Generator:
@@ -127,7 +127,7 @@ class Codebook(nn.Module):
             centroids = F.normalize(centroids, dim=-1)
         counts = torch.zeros(self.codebook_size, device=x.device)
         for _ in range(iters):
-            idx = nearest_codes(x, centroids, distance=self.distance, max_chunk_bytes=self.max_chunk_bytes)
+            idx = nearest_codes(x, centroids, distance=self.distance, max_chunk_bytes=self.max_chunk_bytes, check_finite=False)
             sums = torch.zeros_like(centroids).index_add_(0, idx, x)
             counts = torch.bincount(idx, minlength=self.codebook_size).float()
             all_reduce_sum(sums, self.sync)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tessera.validate import check_finite as _check_finite
+
 __all__ = ["nearest_codes", "DEFAULT_MAX_CHUNK_BYTES"]
 
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
@@ -32,6 +34,7 @@ def nearest_codes(
     distance: str = "euclidean",
     codebook_sq_norms: Tensor | None = None,
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    check_finite: bool = True,
 ) -> Tensor:
     """Index of the nearest code for every row of `x`.
 
@@ -41,6 +44,7 @@ def nearest_codes(
         distance: "euclidean" (smallest squared distance) or "cosine" (largest inner product).
         codebook_sq_norms: optional precomputed (K,) squared norms of the codes (Euclidean only).
         max_chunk_bytes: bound on the score matrix held at once (see module docstring).
+        check_finite: refuse NaN/Inf in `x` or the codebook (one pass over each; callers that already checked skip it).
 
     Returns:
         (N,) int64 indices into the codebook. Ties go to the lowest index.
@@ -50,6 +54,11 @@ def nearest_codes(
     if distance not in ("euclidean", "cosine"):
         raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
     n, k = x.shape[0], codebook.shape[0]
+    if k == 0:
+        raise ValueError(f"the codebook is empty (shape {tuple(codebook.shape)})")
+    if check_finite:  # NaN distances would silently map every vector to code 0
+        _check_finite(x, "x")
+        _check_finite(codebook, "codebook")
     x = x.float()
     codebook = codebook.float()
     out = torch.empty(n, dtype=torch.long, device=x.device)

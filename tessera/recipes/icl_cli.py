@@ -54,15 +54,19 @@ def _build_suite(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from tessera.recipes.train_icl import main
+    from tessera.train.runtime import is_main_process, shutdown
 
     out = main(args.config, args.overrides, resume=args.resume, run_dir=args.run_dir)
-    print(json.dumps(out, indent=2))
+    main_rank = is_main_process()
+    shutdown()
+    if main_rank:  # under torchrun only rank 0 reports
+        print(json.dumps(out, indent=2))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tessera.recipes.icl_predict import predict_folders
     from tessera.io import atomic_write_bytes
+    from tessera.recipes.icl_predict import predict_folders
 
     result, meta = predict_folders(args.support, args.query, args.checkpoint, args.attention)
     width = max(len(str(f)) for f in result.files)

@@ -6,6 +6,11 @@
     tessera lm generate  --checkpoint DIR --prompt "caption:" [--image path ...] [--draw] [--out DIR]
                          [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop TOKEN ...]
     tessera lm eval      --checkpoint DIR [--quick] [--json FILE]
+    tessera lm sft       --config configs/lm/post/sft_nano.yaml [a.b=c ...] [--resume] [--run-dir DIR]
+    tessera lm reward    --config configs/lm/post/reward_nano.yaml [...]
+    tessera lm prefer    --method dpo|rloo --config configs/lm/post/dpo_nano.yaml [...]
+    tessera lm chat      --checkpoint DIR --prompt "<image>how many shapes are there?" --image scene.png
+    tessera lm model-card --run RUN_DIR [--results docs/results/post_training.json] [--out docs/model_card.md]
     tessera lm presets
     tessera lm build-text-tokenizer [--out FILE]
 
@@ -74,6 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--json", default=None, help="write the metrics here")
     e.set_defaults(handler=_eval)
 
+    _register_posttrain(sub)
+
     pr = sub.add_parser("presets", help="list decoder presets with their parameter counts")
     pr.set_defaults(handler=_presets)
 
@@ -86,11 +93,16 @@ def _train(args: argparse.Namespace) -> int:
     from tessera.config import load_config
     from tessera.paths import runs_dir
     from tessera.recipes.train_lm import LMRunConfig, train_lm
+    from tessera.train.runtime import is_main_process, shutdown
 
     cfg = load_config(LMRunConfig, args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else runs_dir("lm", Path(args.config).stem)
     print(f"lm: preset {cfg.preset}, {cfg.train.steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens; run folder {run_dir}")
     result = train_lm(cfg, run_dir, resume=args.resume, stop_after=args.stop_after)
+    main_rank = is_main_process()
+    shutdown()
+    if not main_rank:  # under torchrun only rank 0 reports
+        return 0
     if result.step == cfg.train.steps:
         print(f"eval: {json.dumps({k: round(v, 4) for k, v in result.eval_metrics.items()})}")
         print(f"saved model to {run_dir / 'final'}")
@@ -315,4 +327,85 @@ def _build_text_tokenizer(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else package_asset(*DEFAULT_TEXT_MODEL.split("/"))
     record = build_text_tokenizer(out)
     print(f"wrote {out} (sha256 {record['sha256'][:16]}..., sentencepiece {record['sentencepiece']})")
+    return 0
+
+
+# -- post-training (tessera.recipes.posttrain) -------------------------------------------------------------------------
+def _register_posttrain(sub: argparse._SubParsersAction) -> None:
+    helps = {
+        "sft": "supervised chat tuning (loss on model turns only) from a pretrained model folder",
+        "reward": "train a reward model (Bradley-Terry on preference pairs) from the SFT model",
+        "prefer": "preference optimisation from the SFT model: --method dpo (pairs) or rloo (against the reward model)",
+    }
+    for verb, text in helps.items():
+        q = sub.add_parser(verb, help=text)
+        q.add_argument("--config", required=True, help="YAML run file (configs/lm/post/*.yaml)")
+        q.add_argument("overrides", nargs="*", help="a.b=c overrides, e.g. init=runs/lm/nano/final train.steps=50")
+        if verb == "prefer":
+            q.add_argument("--method", choices=("dpo", "rloo"), required=True)
+        q.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in the run folder")
+        q.add_argument("--run-dir", default=None, help="run folder (default runs/lm/post/<config name>)")
+        q.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+        q.set_defaults(handler=_posttrain, stage=verb)
+    c = sub.add_parser("chat", help="one chat turn with a post-trained model, behind the safety layer")
+    c.add_argument("--checkpoint", required=True, help="model folder or run folder (e.g. runs/lm/post/rloo_nano)")
+    c.add_argument("--prompt", required=True, help="the user turn; <image> marks where each --image goes")
+    c.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    c.add_argument("--max-new-tokens", type=int, default=64)
+    c.add_argument("--out", default="generated", help="folder for images the model draws")
+    c.set_defaults(handler=_chat)
+    m = sub.add_parser("model-card", help="write docs/model_card.md from a post-trained run and the benchmark results")
+    m.add_argument("--run", required=True, help="model folder (or run folder with final/) of the deployed model")
+    m.add_argument("--results", default="docs/results/post_training.json", help="benchmarks/post_training.py JSON")
+    m.add_argument("--out", default="docs/model_card.md")
+    m.set_defaults(handler=_model_card)
+
+
+def _posttrain(args: argparse.Namespace) -> int:
+    from tessera.paths import runs_dir
+    from tessera.recipes.posttrain import load_posttrain_config, run_prefer, run_reward, run_sft
+
+    cfg = load_posttrain_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else runs_dir("lm", "post", Path(args.config).stem)
+    stage = args.stage if args.stage != "prefer" else args.method
+    print(f"lm {stage}: from {cfg.init or f'a fresh {cfg.preset} decoder'}, {cfg.train.steps} steps; run folder {run_dir}")
+    if args.stage == "sft":
+        result = run_sft(cfg, run_dir, resume=args.resume, stop_after=args.stop_after)
+    elif args.stage == "reward":
+        result = run_reward(cfg, run_dir, resume=args.resume, stop_after=args.stop_after)
+    else:
+        result = run_prefer(cfg, run_dir, args.method, resume=args.resume, stop_after=args.stop_after)
+    if result.step == cfg.train.steps:
+        print(f"eval: {json.dumps({k: round(v, 4) for k, v in result.eval_metrics.items()})}")
+        print(f"saved model to {run_dir / 'final'}")
+    else:
+        print(f"stopped at step {result.step}")
+    return 0
+
+
+def _model_card(args: argparse.Namespace) -> int:
+    from tessera.recipes.model_card import write_model_card
+
+    out = write_model_card(args.run, args.results, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    import torch
+
+    from tessera.lm.safety import load_safe_chat
+
+    chat = load_safe_chat(args.checkpoint, max_new_tokens=args.max_new_tokens)
+    images = _prompt_items("", args.image)  # reads and checks the files
+    saved = 0
+    for chunk in chat.chat([{"role": "user", "content": args.prompt}], images=images):
+        if isinstance(chunk, torch.Tensor):
+            path = _save_png(chunk, Path(args.out) / f"image_{saved:03d}.png")
+            saved += 1
+            print(f"\n[image saved to {path}]", flush=True)
+        else:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    print()
     return 0

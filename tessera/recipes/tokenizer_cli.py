@@ -60,11 +60,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from tessera.paths import runs_dir
     from tessera.recipes.train_tokenizer import describe, dump_metrics, load_train_config, train
+    from tessera.train.runtime import is_main_process, shutdown
 
     cfg = load_train_config(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else runs_dir("tokenizer", Path(args.config).stem)
     print(f"tokenizer: {describe(cfg)}; run folder {run_dir}")
     result, metrics = train(cfg, run_dir, resume=args.resume, stop_after=args.stop_after)
+    main_rank = is_main_process()
+    shutdown()
+    if not main_rank:  # under torchrun only rank 0 reports
+        return 0
     if metrics:
         print(dump_metrics(metrics))
         print(f"saved tokenizer to {run_dir / 'final'}")
@@ -155,10 +160,13 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
+    import io
+
     import numpy as np
     import torch
     from PIL import Image
 
+    from tessera.io import atomic_write_bytes
     from tessera.tokenizer import ImageTokenizer
 
     tok = ImageTokenizer.from_pretrained(args.model)
@@ -179,7 +187,9 @@ def _decode(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
         arr8 = (img.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-        Image.fromarray(arr8).save(out / f"{i:05d}.png")
+        buf = io.BytesIO()
+        Image.fromarray(arr8).save(buf, format="PNG")
+        atomic_write_bytes(out / f"{i:05d}.png", buf.getvalue())  # a crash never leaves a half-written image
     print(f"decoded {len(images)} image(s) -> {out}")
     return 0
 

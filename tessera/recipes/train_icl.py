@@ -118,14 +118,25 @@ def model_config(cfg: TrainICLConfig, feature_dim: int) -> Any:
     return MODEL_KINDS[m.kind](**kw)
 
 
-def episode_batch(sets: list[tuple[EmbeddedSet, list[np.ndarray]]], ep: EpisodeSection, max_way: int, seed: int, step: int, micro: int):
-    """The episodes of (step, micro): support (B, N, D), labels (B, N), query (B, Q, D), query labels (B, Q)."""
+def episode_batch(
+    sets: list[tuple[EmbeddedSet, list[np.ndarray]]], ep: EpisodeSection, max_way: int, seed: int, step: int, micro: int,
+    rank: int = 0, world_size: int = 1,
+):
+    """This rank's episodes of (step, micro): support (B, N, D), labels (B, N), query (B, Q, D), query labels (B, Q).
+
+    All `episodes_per_step` episodes of the step are drawn from one seeded stream and rank r keeps the r-th of
+    `world_size` contiguous slices, so any world size trains on exactly the episodes of one process.
+    """
+    if ep.episodes_per_step % world_size:
+        raise ValueError(f"episodes.episodes_per_step={ep.episodes_per_step} is not divisible by the world size {world_size}")
     rng = episode_rng(seed, step * 1000 + micro)
     es, classes = sets[int(rng.integers(len(sets)))]
     way = ep.fixed_way if rng.random() < ep.p_fixed_way else int(rng.integers(ep.min_way, max_way + 1))
     way = min(way, max_way)
     shot = int(rng.integers(ep.min_shot, ep.max_shot + 1))
     eps = [sample_episode(classes, way, shot, ep.queries_per_class, rng, min_query=ep.queries_per_class) for _ in range(ep.episodes_per_step)]
+    per_rank = ep.episodes_per_step // world_size
+    eps = eps[rank * per_rank : (rank + 1) * per_rank]
     feats = es.features
     sup = torch.from_numpy(np.stack([np.asarray(feats[e.support], dtype=np.float32) for e in eps]))
     qry = torch.from_numpy(np.stack([np.asarray(feats[e.query], dtype=np.float32) for e in eps]))
@@ -186,7 +197,7 @@ def run(cfg: TrainICLConfig, run_dir: str | Path | None = None, resume: bool = F
     _log.info("training %s (%s) on %s with %s embeddings", cfg.model.kind, getattr(mcfg, "name", ""), cfg.data.datasets, ext.name)
 
     def batches(step: int, micro: int, rank: int, world: int):
-        return episode_batch(train_sets, cfg.episodes, max_way, cfg.train.seed + 1000 * rank, step, micro)
+        return episode_batch(train_sets, cfg.episodes, max_way, cfg.train.seed, step, micro, rank, world)
 
     val_eps = {
         (name, shot): fixed_episodes(es.labels, 5, shot, 15, cfg.episodes.val_episodes, seed=4321)

@@ -262,5 +262,6 @@ def train_lm(
         batch_weight=PackedBatches.weight,
         save_artifact=save,
         progress_keys=("loss", "text_ce", "image_ce"),
+        fsdp_units=lambda module: list(module.model.layers),  # under strategy=fsdp each decoder layer is one shard unit
     )
     return fit(task, cfg.train, cfg.optim, run_dir, resume=resume, config=cfg, stop_after=stop_after)

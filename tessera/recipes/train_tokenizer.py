@@ -36,6 +36,7 @@ from tessera.tokenizer.losses import LossConfig, TokenizerObjective
 from tessera.tokenizer.metrics import evaluate_tokenizer, resolve_fid_network, save_reconstruction_grid
 from tessera.train import EpochSampler, FitResult, OptimConfig, Task, TrainConfig, fit, seed_everything
 from tessera.train.optim import default_param_groups
+from tessera.train.runtime import is_main_process
 
 __all__ = ["EvalConfig", "TokenizerTrainConfig", "load_train_config", "build_task", "train", "evaluate_run"]
 
@@ -146,9 +147,10 @@ def build_task(cfg: TokenizerTrainConfig, train_items: Tensor, val_items: Tensor
     def batches(step: int, micro: int, rank: int, world: int) -> Tensor:
         idx = torch.from_numpy(sampler.indices(step, micro, rank, world))
         x = _as_float(train_items[idx])
-        if hflip:  # seeded by the position in the stream: the same flips after a resume
-            gen = torch.Generator().manual_seed(cfg.data.seed * 1_000_003 + step * 131 + micro * 7 + rank)
-            flip = torch.rand(len(x), generator=gen) < 0.5
+        if hflip:  # seeded by the position in the stream and drawn for the global batch: the same flips after a
+            # resume and at any world size (rank r keeps its slice of the global draw)
+            gen = torch.Generator().manual_seed(cfg.data.seed * 1_000_003 + step * 131 + micro * 7)
+            flip = (torch.rand(cfg.data.batch_size, generator=gen) < 0.5)[rank * len(x) : (rank + 1) * len(x)]
             x[flip] = x[flip].flip(-1)
         return x
 
@@ -235,14 +237,14 @@ def train(
         perceptual: a feature network for the perceptual term, overriding `loss.perceptual_network`.
 
     Returns:
-        (the trainer's FitResult, the final held-out metrics; {} when stopped early).
+        (the trainer's FitResult, the final held-out metrics; {} when stopped early and on ranks other than 0).
     """
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     train_items, val_items = data if data is not None else _load_data(cfg)
     task = build_task(cfg, train_items, val_items, perceptual)
     result = fit(task, cfg.train, cfg.optim, run_dir, resume=resume, config=cfg, stop_after=stop_after)
-    if result.step < cfg.train.steps:
+    if result.step < cfg.train.steps or not is_main_process():  # under torchrun rank 0 evaluates and writes alone
         return result, {}
     metrics = evaluate_run(task.module.tokenizer, val_items, cfg, run_dir)
     metrics["train_seconds"] = time.perf_counter() - t0

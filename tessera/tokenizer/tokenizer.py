@@ -155,6 +155,8 @@ class _Tokenizer(nn.Module):
             tokens = tokens.unsqueeze(0)
         if tokens.ndim != rank:
             raise ValueError(f"tokens must have {rank} axes (batch first), got shape {tuple(tokens.shape)}")
+        if tokens.numel() == 0:
+            raise ValueError(f"tokens is empty (shape {tuple(tokens.shape)}): an empty batch has nothing to decode")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.codebook_size):
             raise ValueError(
                 f"token ids must lie in [0, {self.config.codebook_size}), got range [{int(tokens.min())}, {int(tokens.max())}]"

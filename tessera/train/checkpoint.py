@@ -30,8 +30,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tessera.io import atomic_write_bytes, atomic_write_json, fsync_dir
+from tessera.validate import state_dict_mismatch
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_latest", "list_checkpoints", "CheckpointError", "atomic_write_bytes", "atomic_write_json"]
+__all__ = [
+    "Checkpoint",
+    "save_checkpoint",
+    "load_latest",
+    "list_checkpoints",
+    "check_model_fits",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+]
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -173,9 +183,31 @@ def load_latest(root: str | Path) -> Checkpoint | None:
 
     Corrupt or truncated checkpoints are skipped with a warning that names the bad file.
     """
+    skipped: list[Path] = []
     for _, path in reversed(list_checkpoints(root)):
         try:
-            return _verify_and_load(path)
+            ckpt = _verify_and_load(path)
         except (CheckpointError, OSError, ValueError) as exc:
             warnings.warn(f"skipping checkpoint {path}: {exc}; falling back to the previous one", stacklevel=2)
+            skipped.append(path)
+            continue
+        if skipped:
+            warnings.warn(f"using the last good checkpoint {path} (step {ckpt.step}) instead of {skipped[0].name}", stacklevel=2)
+        return ckpt
+    if skipped:
+        warnings.warn(f"no intact checkpoint under {root}: starting from scratch", stacklevel=2)
     return None
+
+
+def check_model_fits(ckpt: Checkpoint, module: torch.nn.Module) -> None:
+    """Raise CheckpointError naming the checkpoint's model file when its tensors do not fit `module` (keys, shapes).
+
+    Resuming with a changed architecture otherwise fails deep inside `load_state_dict`, without saying which run
+    folder or file is at fault.
+    """
+    problems = state_dict_mismatch(module.state_dict(), ckpt.tensors.get("model", {}))
+    if problems:
+        raise CheckpointError(
+            f"{ckpt.path / 'model.safetensors'} (step {ckpt.step}) does not fit the model being trained: "
+            f"{'; '.join(problems)} (resume with the run's original settings, or start a new run folder)"
+        )

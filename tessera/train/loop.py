@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tessera.config import ConfigError, dump_config, to_dict
-from tessera.train.checkpoint import load_latest, save_checkpoint
+from tessera.train.checkpoint import check_model_fits, load_latest, save_checkpoint
 from tessera.train.guard import GoodputMeter, ReplayMismatchError, Snapshot, checksums_match, grad_checksum
 from tessera.train.log import RunLogger
 from tessera.train.optim import OptimConfig, build_optimizer, default_param_groups, warmup_cosine
@@ -252,6 +252,7 @@ def fit(
 
     Raises:
         ConfigError: on resume, when `config` differs from the run's saved config.
+        CheckpointError: on resume, when the checkpoint's tensors do not fit the module (names the file).
         FloatingPointError: a non-finite loss with `on_nonfinite="raise"`.
     """
     rt = runtime or init_runtime(cfg.device)
@@ -279,6 +280,7 @@ def fit(
         if ckpt is not None:
             if config is not None and (run_dir / "config.yaml").exists():
                 _check_same_config(config, run_dir / "config.yaml")
+            check_model_fits(ckpt, module)
             _load_model(module, ckpt.tensors["model"])
             _load_optimizer(module, opt, ckpt.tensors.get("optimizer", {}), ckpt.state["optimizer"])
             sched.load_state_dict(ckpt.state["scheduler"])

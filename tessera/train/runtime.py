@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["Runtime", "init_runtime", "seed_everything", "autocast", "all_reduce_mean", "print0", "resolve_device"]
+__all__ = ["Runtime", "init_runtime", "seed_everything", "autocast", "all_reduce_mean", "print0", "resolve_device", "is_main_process", "shutdown"]
 
 
 @dataclass
@@ -113,6 +113,18 @@ def all_reduce_mean(values: dict[str, float], runtime: Runtime) -> dict[str, flo
 
 def _collective_device(runtime: Runtime) -> torch.device:
     return runtime.device if runtime.backend == "nccl" else torch.device("cpu")
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of an initialised process group, and in a single process (for recipes' rank-0-only work)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def shutdown() -> None:
+    """Leave the process group (if one was joined): the end of a torchrun job's command."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def print0(*args, runtime: Runtime | None = None, **kwargs) -> None:

@@ -103,3 +103,16 @@ def test_rebuild_is_deterministic(tmp_path):
     ma = json.loads((a / "shapes" / "meta.json").read_text())
     mb = json.loads((b / "shapes" / "meta.json").read_text())
     assert ma["sha256"] == mb["sha256"]
+
+
+def test_dataset_built_without_a_package_is_rebuilt_once_it_is_installed(tmp_path):
+    import json
+
+    from tessera.icl.suite import _stale
+
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"missing_debian_packages": ["fonts-noto-core", "mate-backgrounds"]}))
+    assert _stale(meta, missing_now=["mate-backgrounds"])  # fonts-noto-core arrived: rebuild
+    assert not _stale(meta, missing_now=["fonts-noto-core", "mate-backgrounds"])  # nothing new: reuse
+    meta.write_text(json.dumps({"missing_debian_packages": []}))
+    assert not _stale(meta, missing_now=[])

@@ -261,6 +261,12 @@ def _build_one(name: str, cfg: SuiteConfig, progress: bool):
     raise ValueError(f"unknown suite dataset {name!r} (known: {', '.join(DATASETS)})")
 
 
+def _stale(meta_path: Path, missing_now: list[str]) -> bool:
+    """True when a dataset was built while Debian packages were missing that are installed now (rebuild it full)."""
+    was_missing = json.loads(meta_path.read_text()).get("missing_debian_packages", [])
+    return bool(set(was_missing) - set(missing_now))
+
+
 def _missing_debian() -> list[str]:
     """Debian packages of `DEBIAN_PACKAGES` that are not installed (empty when dpkg is unavailable: not Debian)."""
     status = Path("/var/lib/dpkg/status")
@@ -318,7 +324,7 @@ def build_suite(
         if name not in DATASETS:
             raise ValueError(f"unknown suite dataset {name!r} (known: {', '.join(DATASETS)})")
         out = folder / name
-        if (out / "meta.json").is_file() and not force:
+        if (out / "meta.json").is_file() and not force and not _stale(out / "meta.json", missing_deb):
             continue
         t0 = time.time()
         built = _build_one(name, cfg, progress)
@@ -331,7 +337,8 @@ def build_suite(
         uniq = sorted(set(split_keys))
         key_split = dict(zip(uniq, assign_splits(uniq, info.fractions, salt=f"{name}/{cfg.seed}")))
         class_split = [key_split[k] for k in split_keys]
-        meta.update(role=info.role, description=info.description, class_split=class_split, build_seconds=round(time.time() - t0, 1))
+        meta.update(role=info.role, description=info.description, class_split=class_split, build_seconds=round(time.time() - t0, 1),
+                    missing_debian_packages=missing_deb)
         write_dataset(out, images, labels, class_names, meta)
         counts = np.bincount(labels)
         manifest["datasets"][name] = {
