@@ -38,9 +38,6 @@ from tessera.train import OptimConfig, TrainConfig  # noqa: E402
 PROFILES = {
     "quick": dict(steps=500, train_lengths=(96, 192), batch_size=8, num_pairs=4, num_queries=6, trials=8,
                   lengths=(192, 1024, 4096, 8192), depths=(0.0, 0.5, 1.0)),
-    # The quick settings trained twice as long (the quick run was still improving at its last step).
-    "quick_1k": dict(steps=1000, train_lengths=(96, 192), batch_size=8, num_pairs=4, num_queries=6, trials=8,
-                     lengths=(192, 1024, 4096, 8192), depths=(0.0, 0.5, 1.0)),
     "full": dict(steps=2000, train_lengths=(128, 256, 512), batch_size=16, num_pairs=6, num_queries=4, trials=32,
                  lengths=(256, 512, 1024, 2048, 4096, 8192), depths=(0.0, 0.25, 0.5, 0.75, 1.0)),
 }
