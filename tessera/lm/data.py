@@ -10,6 +10,7 @@ iterator state, and the trainer's exact-resume guarantee holds.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,7 +98,7 @@ class PackedBatches:
 
     def __init__(
         self, corpus: Corpus, vocab: Vocabulary, seq_len: int, batch_size: int, seed: int = 0, split: str = "train",
-        *, patch_size: int = 0, patch_share: float = 0.0,
+        *, patch_size: int = 0, patch_share: float = 0.0, schedule: Any = None,
     ) -> None:
         if seq_len < 16 or batch_size < 1:
             raise ValueError(f"need seq_len >= 16 and batch_size >= 1, got {seq_len}, {batch_size}")
@@ -107,12 +108,14 @@ class PackedBatches:
         self.batch_size = batch_size
         self.seed = seed
         self.split = split
+        self.schedule = schedule  # a tessera.train.mixture.StagedMixture over document kinds (None: corpus mixture)
 
-    def row(self, rng: np.random.Generator, max_misses: int = 4) -> list[tuple]:
+    def row(self, rng: np.random.Generator, max_misses: int = 4, step: int = 0) -> list[tuple]:
         """Documents for one row: drawn until `max_misses` draws in a row do not fit."""
         docs, used, misses = [], 0, 0
         while misses < max_misses:
-            doc = self.encoder(sample_document(self.corpus, rng, self.split), rng=rng)
+            kind = None if self.schedule is None else self.schedule.sample(rng, step)
+            doc = self.encoder(sample_document(self.corpus, rng, self.split, kind), rng=rng)
             if used + len(doc[0]) > self.seq_len:
                 misses += 1
                 continue
@@ -127,7 +130,7 @@ class PackedBatches:
         rows = []
         for i in range(per_rank):
             g = rank * per_rank + i
-            rows.append(self.row(np.random.default_rng([self.seed, step, micro, g])))
+            rows.append(self.row(np.random.default_rng([self.seed, step, micro, g]), step=step))
         parts = [pack_documents(docs, self.seq_len, 1)[0] for docs in rows]
         batch = {k: torch.cat([p[k] for p in parts]) for k in ("input_ids", "targets", "modality", "segment_ids", "attention_mask")}
         pix = [p["patches"] for p in parts if "patches" in p]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from tessera.lm._io import atomic_write_json, load_safetensors, save_safetensors
-from tessera.lm.model import Decoder, DecoderConfig, _inv_freq
+from tessera.lm.model import Decoder, DecoderConfig, rope_inv_freqs
 from tessera.validate import read_json
 
 __all__ = ["from_hf", "to_hf", "config_from_hf", "config_to_hf"]
@@ -109,6 +109,11 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> DecoderCon
     )
     if mtype == "gemma3_text":
         extra.update(qk_norm=True, rope_local_theta=float(hf.get("rope_local_base_freq") or 10_000.0))
+        scaling = hf.get("rope_scaling") or {}
+        if scaling:
+            if scaling.get("rope_type", scaling.get("type")) != "linear":
+                raise ValueError(f"{where}: only linear rope_scaling is supported, got {scaling}")
+            extra.update(rope_scaling=float(scaling["factor"]))
     return DecoderConfig(**common, **extra)
 
 
@@ -120,6 +125,8 @@ def config_to_hf(cfg: DecoderConfig) -> dict[str, Any]:
     """
     if cfg.patch_size:
         raise ValueError("to_hf: the patch projection (model.patch_size > 0) has no Gemma equivalent")
+    if cfg.rope_scaling != 1.0 and not (cfg.post_norms and cfg.qk_norm):
+        raise ValueError("to_hf: rope_scaling != 1 exists only in Gemma-3 configs (post_norms and qk_norm)")
     gemma1 = not (cfg.post_norms or cfg.qk_norm or cfg.attn_softcap or cfg.final_softcap or cfg.has_local_layers
                   or cfg.query_pre_attn_scalar not in (None, cfg.head_dim) or cfg.rope_local_theta not in (None, cfg.rope_theta))
     if gemma1:
@@ -167,7 +174,8 @@ def config_to_hf(cfg: DecoderConfig) -> dict[str, Any]:
         final_logit_softcapping=cfg.final_softcap,
     )
     if mtype == "gemma3_text":
-        hf.update(rope_local_base_freq=cfg.rope_local_theta or cfg.rope_theta, rope_scaling=None)
+        scaling = None if cfg.rope_scaling == 1.0 else {"rope_type": "linear", "factor": cfg.rope_scaling}
+        hf.update(rope_local_base_freq=cfg.rope_local_theta or cfg.rope_theta, rope_scaling=scaling)
     return hf
 
 
@@ -234,9 +242,8 @@ def from_hf(path: str | Path, dtype: torch.dtype = torch.float32) -> Decoder:
 
 
 def _real(model: Decoder, kind: str) -> torch.Tensor:
-    cfg = model.cfg
-    theta = cfg.rope_theta if kind == "global" else (cfg.rope_local_theta or cfg.rope_theta)
-    return _inv_freq(cfg.head_dim, theta)
+    inv_global, inv_local = rope_inv_freqs(model.cfg)
+    return inv_global if kind == "global" else inv_local
 
 
 def to_hf(model: Decoder, path: str | Path) -> Path:

@@ -72,6 +72,7 @@ class DecoderConfig:
     sliding_window: int | None = None  # keys a local layer sees, the query itself included (Gemma-2 semantics)
     rope_theta: float = 10_000.0  # RoPE base of global layers
     rope_local_theta: float | None = None  # RoPE base of local layers (None: rope_theta); Gemma-3 uses 10k/1M
+    rope_scaling: float = 1.0  # linear position interpolation on global layers: positions / factor (Gemma-3: 8)
     qk_norm: bool = False  # RMSNorm on each query and key head (Gemma-3; Chameleon's stabiliser)
     post_norms: bool = False  # extra RMSNorm on the attention and MLP outputs before the residual add (Gemma-2/3)
     attn_softcap: float | None = None  # cap * tanh(score / cap) on attention scores (Gemma-2 uses 50)
@@ -104,6 +105,8 @@ class DecoderConfig:
             raise ValueError(f"model.mlp_activation must be 'gelu_tanh' or 'gelu', got {self.mlp_activation!r}")
         if self.patch_size < 0:
             raise ValueError(f"model.patch_size must be >= 0, got {self.patch_size}")
+        if not self.rope_scaling > 0:
+            raise ValueError(f"model.rope_scaling must be > 0, got {self.rope_scaling}")
 
     def layer_type(self, i: int) -> LayerType:
         """Attention type of layer `i` (the pattern repeats)."""
@@ -204,6 +207,16 @@ _HAS_RMS_NORM = hasattr(F, "rms_norm")
 def _inv_freq(head_dim: int, theta: float) -> torch.Tensor:
     # The same expression as HF Gemma (int64 arange, then float) so the fp32 tables agree bit for bit.
     return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+
+
+def rope_inv_freqs(cfg: DecoderConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse frequencies (E/2,) of the global and the local layers. Linear scaling divides the global layers'
+    frequencies (= their positions) by `rope_scaling`, as Gemma-3 does for its long-context global layers; local
+    layers only ever see `sliding_window` relative positions, so they keep theirs."""
+    inv_global = _inv_freq(cfg.head_dim, cfg.rope_theta)
+    if cfg.rope_scaling != 1.0:
+        inv_global = inv_global / cfg.rope_scaling
+    return inv_global, _inv_freq(cfg.head_dim, cfg.rope_local_theta or cfg.rope_theta)
 
 
 def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -537,8 +550,9 @@ class Decoder(nn.Module):
         if cfg.patch_size > 0:
             self.patch_proj = nn.Linear(cfg.patch_channels * cfg.patch_size**2, cfg.embed_dim)
         self._normaliser: torch.Tensor | None = None
-        self.register_buffer("inv_freq_global", _inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
-        self.register_buffer("inv_freq_local", _inv_freq(cfg.head_dim, cfg.rope_local_theta or cfg.rope_theta), persistent=False)
+        inv_global, inv_local = rope_inv_freqs(cfg)
+        self.register_buffer("inv_freq_global", inv_global, persistent=False)
+        self.register_buffer("inv_freq_local", inv_local, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -28,7 +28,7 @@ def save_pretrained(model: Decoder, processor: Processor, folder: str | Path) ->
 
 
 def load_pretrained(folder: str | Path, *, image_tokenizer: Any = None, dtype: torch.dtype | None = None) -> tuple[Decoder, Processor]:
-    """Load (decoder, processor) from a model folder.
+    """Load (decoder, processor) from a model folder (float, or quantized by `tessera lm quantize`).
 
     Raises:
         FileNotFoundError: the folder or one of its files is missing.
@@ -37,7 +37,14 @@ def load_pretrained(folder: str | Path, *, image_tokenizer: Any = None, dtype: t
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder}")
-    model = Decoder.from_pretrained(folder, dtype=dtype)
+    from tessera.lm.quantize import is_quantized_folder, load_quantized
+
+    if is_quantized_folder(folder):  # written by `tessera lm quantize`: int8/int4 weights, float compute
+        model = load_quantized(folder)
+        if dtype is not None:
+            model = model.to(dtype)
+    else:
+        model = Decoder.from_pretrained(folder, dtype=dtype)
     processor = Processor.from_pretrained(folder, image_tokenizer=image_tokenizer)
     if model.cfg.vocab_size != processor.vocab.size:
         raise ValueError(f"{folder}: model vocab_size {model.cfg.vocab_size} != vocabulary size {processor.vocab.size}")

@@ -1,6 +1,8 @@
-"""`tessera lm <verb>`: train, generate, eval, presets, build-text-tokenizer.
+"""`tessera lm <verb>`: train, distill, quantize, generate, eval, presets, build-text-tokenizer.
 
     tessera lm train     --config configs/lm/nano.yaml [a.b=c ...] [--resume] [--run-dir DIR]
+    tessera lm distill   --config configs/lm/distill/nano_from_ultra.yaml [a.b=c ...] [--resume] [--run-dir DIR]
+    tessera lm quantize  --checkpoint DIR --bits 4 [--group-size 32] [--no-embeddings] --out DIR
     tessera lm generate  --checkpoint DIR --prompt "caption:" [--image path ...] [--draw] [--out DIR]
                          [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop TOKEN ...]
     tessera lm eval      --checkpoint DIR [--quick] [--json FILE]
@@ -42,6 +44,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--run-dir", default=None, help="run folder (default runs/lm/<config name>)")
     t.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
     t.set_defaults(handler=_train)
+
+    d = sub.add_parser("distill", help="train a student on a teacher's logits (KL) from a YAML config")
+    d.add_argument("--config", required=True, help="YAML run file (configs/lm/distill/*.yaml)")
+    d.add_argument("overrides", nargs="*", help="a.b=c overrides, e.g. teacher.path=runs/lm/ultra/final distill.top_k=64")
+    d.add_argument("--resume", action="store_true", help="continue the student from its newest intact checkpoint")
+    d.add_argument("--run-dir", default=None, help="run folder (default runs/lm/distill/<config name>)")
+    d.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    d.set_defaults(handler=_distill)
+
+    q = sub.add_parser("quantize", help="int8 / int4 weight quantization of a model folder")
+    q.add_argument("--checkpoint", required=True, help="float model folder (e.g. runs/lm/nano/final)")
+    q.add_argument("--bits", type=int, choices=(8, 4), default=8)
+    q.add_argument("--group-size", type=int, default=32, help="input features per int4 scale (default 32)")
+    q.add_argument("--no-embeddings", action="store_true", help="keep the token embedding table in float")
+    q.add_argument("--out", required=True, help="output model folder (readable by generate/eval)")
+    q.set_defaults(handler=_quantize)
 
     g = sub.add_parser("generate", help="continue an interleaved text/image prompt")
     g.add_argument("--checkpoint", required=True, help="model folder (e.g. runs/lm/nano/final)")
@@ -101,6 +119,55 @@ def _train(args: argparse.Namespace) -> int:
         print(f"saved model to {run_dir / 'final'}")
     else:
         print(f"stopped at step {result.step}")
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from tessera.config import load_config
+    from tessera.paths import runs_dir
+    from tessera.recipes.distill_lm import DistillRunConfig, distill_lm
+
+    cfg = load_config(DistillRunConfig, args.config, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else runs_dir("lm", "distill", Path(args.config).stem)
+    teacher = cfg.teacher.path or f"{cfg.teacher.preset} trained here for {cfg.teacher.steps} steps"
+    print(f"lm distill: student {cfg.preset}, teacher {teacher}; {cfg.train.steps} steps of {cfg.batch_size}x{cfg.seq_len} "
+          f"tokens; run folder {run_dir}")
+    result = distill_lm(cfg, run_dir, resume=args.resume, stop_after=args.stop_after)
+    if result.step == cfg.train.steps:
+        print(f"eval: {json.dumps({k: round(v, 4) for k, v in result.eval_metrics.items()})}")
+        print(f"saved student to {run_dir / 'final'}")
+    else:
+        print(f"stopped at step {result.step}")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    import shutil
+
+    from tessera.lm.model import Decoder
+    from tessera.lm.quantize import is_quantized_folder, quantize_model, save_quantized, weight_bytes
+
+    src, out = Path(args.checkpoint), Path(args.out)
+    if not src.is_dir():
+        raise FileNotFoundError(f"model folder not found: {src}")
+    if is_quantized_folder(src):
+        raise ValueError(f"{src} is already quantized; quantize the float model folder")
+    if out.resolve() == src.resolve():
+        raise ValueError("--out must differ from --checkpoint (the float model is kept)")
+    model = Decoder.from_pretrained(src)
+    q = quantize_model(model, bits=args.bits, group_size=args.group_size, embeddings=not args.no_embeddings)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():  # the vocabulary, processor and image tokenizer travel with the weights
+        if item.name in ("config.json", "model.safetensors"):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, out / item.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, out / item.name)
+    save_quantized(q, out)
+    before, after = (src / "model.safetensors").stat().st_size, (out / "model.safetensors").stat().st_size
+    print(f"int{args.bits}: weights {weight_bytes(model) / 1e6:.2f} MB -> {weight_bytes(q) / 1e6:.2f} MB in memory; "
+          f"file {before / 1e6:.2f} MB -> {after / 1e6:.2f} MB ({after / before:.1%}); saved to {out}")
     return 0
 
 

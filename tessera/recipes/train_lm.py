@@ -35,6 +35,7 @@ from tessera.lm.processor import Processor
 from tessera.lm.vocab import Vocabulary
 from tessera.paths import cache_dir
 from tessera.train import FitResult, OptimConfig, StepOutput, Task, TrainConfig, fit
+from tessera.train.mixture import MixtureStage, StagedMixture
 
 __all__ = ["TokenizerSpec", "AudioSpec", "LMRunConfig", "LMTrainModule", "build_model", "prepare", "train_lm", "ensure_image_tokenizer"]
 
@@ -81,6 +82,10 @@ class LMRunConfig:
         default_factory=lambda: OptimConfig(lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, warmup_steps=60)
     )
     eval_batches: int = 4  # held-out-split batches for the loss evaluation
+    # Staged mixture of document kinds over training (tessera.train.mixture), e.g. domain data up at the end:
+    # [{start: 0.0, weights: {caption: 1, text: 1}}, {start: 0.8, weights: {vqa: 3, caption: 1}}]. Empty: data.mixture.
+    data_schedule: list[MixtureStage] = field(default_factory=list)
+    data_schedule_blend: str = "step"  # "step" or "linear" between stages
 
 
 def build_model(cfg: LMRunConfig, vocab: Vocabulary) -> Decoder:
@@ -187,6 +192,22 @@ def _train_image_tokenizer(spec: TokenizerSpec, data: CorpusConfig, run: Path, p
 
 
 # -- putting it together ---------------------------------------------------------------------------------------------
+def data_schedule(cfg: LMRunConfig) -> StagedMixture | None:
+    """The run's staged mixture of document kinds, or None (the corpus' fixed `data.mixture`)."""
+    if not cfg.data_schedule:
+        return None
+    from tessera.lm.corpus import DOCUMENT_KINDS
+
+    try:
+        schedule = StagedMixture(list(cfg.data_schedule), total_steps=cfg.train.steps, blend=cfg.data_schedule_blend)
+    except ValueError as exc:
+        raise ConfigError(f"data_schedule: {exc}") from exc
+    unknown = sorted(set(schedule.domains) - set(DOCUMENT_KINDS))
+    if unknown:
+        raise ConfigError(f"data_schedule names unknown document kinds {unknown}; known: {list(DOCUMENT_KINDS)}")
+    return schedule
+
+
 def prepare(cfg: LMRunConfig, image_tokenizer: Any = None) -> tuple[Processor, Corpus]:
     """The processor (vocabulary + image tokenizer) and the tokenized corpus of a run."""
     if image_tokenizer is None:
@@ -242,7 +263,9 @@ def train_lm(
     if cfg.patch_share > 0 and model.cfg.patch_size <= 0:
         raise ConfigError("patch_share > 0 needs model.patch_size > 0 (e.g. model={patch_size: 8})")
     patches = dict(patch_size=model.cfg.patch_size, patch_share=cfg.patch_share)
-    train_batches = PackedBatches(corpus, vocab, cfg.seq_len, cfg.batch_size, seed=cfg.data.seed, split="train", **patches)
+    schedule = data_schedule(cfg)
+    train_batches = PackedBatches(corpus, vocab, cfg.seq_len, cfg.batch_size, seed=cfg.data.seed, split="train",
+                                  schedule=schedule, **patches)
     eval_source = PackedBatches(corpus, vocab, cfg.seq_len, cfg.batch_size, seed=cfg.data.seed + 1, split="test", **patches)
     eval_set = [eval_source(i) for i in range(cfg.eval_batches)]
 

@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tessera.config import ConfigError, dump_config, to_dict
 from tessera.train.checkpoint import check_model_fits, load_latest, save_checkpoint
+from tessera.train.guard import GoodputMeter, ReplayMismatchError, Snapshot, checksums_match, grad_checksum
 from tessera.train.log import RunLogger
 from tessera.train.optim import OptimConfig, build_optimizer, default_param_groups, warmup_cosine
 from tessera.train.runtime import Runtime, all_reduce_mean, autocast, init_runtime
@@ -59,7 +60,13 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    on_nonfinite: Literal["raise", "skip"] = "raise"  # what a NaN/Inf loss does: stop with an error, or skip the step
+    # What a NaN/Inf loss does: stop with an error, skip the step, or restore the in-memory snapshot (tessera.train.guard)
+    on_nonfinite: Literal["raise", "skip", "rollback"] = "raise"
+    snapshot_every: int = 50  # steps between in-memory snapshots (used by on_nonfinite="rollback")
+    max_rollbacks: int = 3  # rollbacks allowed in one run before a non-finite loss is an error
+    replay_every: int = 0  # steps between replay checks (rerun a step, compare loss + gradient checksums); 0: off
+    replay_rtol: float = 0.0  # relative tolerance of the replay comparison (0: bitwise, right on CPU)
+    on_replay_mismatch: Literal["raise", "warn"] = "raise"
     strategy: Literal["ddp", "fsdp"] = "ddp"  # data parallelism under torchrun: DDP replicas or FSDP2 sharding
     progress: bool = True  # tqdm progress bar on rank 0
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
@@ -69,6 +76,8 @@ class TrainConfig:
             raise ValueError("train: steps, grad_accum, log_every and keep_checkpoints must be >= 1")
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("train: eval_every and checkpoint_every must be >= 0")
+        if self.snapshot_every < 1 or self.max_rollbacks < 0 or self.replay_every < 0 or self.replay_rtol < 0:
+            raise ValueError("train: snapshot_every must be >= 1; max_rollbacks, replay_every, replay_rtol >= 0")
 
 
 class StepOutput(NamedTuple):
@@ -115,6 +124,9 @@ class FitResult:
     train_metrics: dict[str, float] = field(default_factory=dict)  # last logged training row
     eval_metrics: dict[str, float] = field(default_factory=dict)  # last evaluation
     resumed_from: int | None = None
+    goodput: float = 0.0  # useful step time / elapsed time (tessera.train.guard.GoodputMeter)
+    rollbacks: int = 0  # snapshot restores after non-finite losses
+    replays: int = 0  # replay checks that passed
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -306,11 +318,14 @@ def fit(
 
     window: dict[str, list[float]] = {}
     window_start = time.perf_counter()
+    meter = GoodputMeter()
+    snapshot = Snapshot.take(start, module, opt) if cfg.on_nonfinite == "rollback" else None
     step = start
     try:
         for step in range(start, end):
             module.train()
             micro = [task.batches(step, m, rt.rank, rt.world_size) for m in range(cfg.grad_accum)]
+            meter.begin()
             if task.batch_weight is not None:
                 local_w = torch.tensor([float(sum(task.batch_weight(b) for b in micro))], dtype=torch.float64)
                 if rt.distributed:
@@ -322,40 +337,61 @@ def fit(
                 scale = rt.world_size / total_w
             else:
                 scale = 1.0 / cfg.grad_accum
-            step_loss = 0.0
-            step_metrics: dict[str, float] = {}
-            for m, batch in enumerate(micro):
-                sync = contextlib.nullcontext()
-                last_micro = m == cfg.grad_accum - 1
-                if fsdp:
-                    module.set_requires_gradient_sync(last_micro)  # type: ignore[operator]
-                elif rt.distributed and not last_micro:
-                    sync = wrapped.no_sync()  # type: ignore[operator]
-                with sync:
-                    with autocast(rt.device, cfg.precision):
-                        out = wrapped(move_to_device(batch, rt.device), step)
-                    loss = out.loss.float() * scale
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                step_loss += float(loss.detach())
-                for k, v in out.metrics.items():
-                    step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+
+            def forward_backward(micro=micro, step=step, scale=scale) -> tuple[float, dict[str, float]]:
+                step_loss = 0.0
+                step_metrics: dict[str, float] = {}
+                for m, batch in enumerate(micro):
+                    sync = contextlib.nullcontext()
+                    last_micro = m == cfg.grad_accum - 1
+                    if fsdp:
+                        module.set_requires_gradient_sync(last_micro)  # type: ignore[operator]
+                    elif rt.distributed and not last_micro:
+                        sync = wrapped.no_sync()  # type: ignore[operator]
+                    with sync:
+                        with autocast(rt.device, cfg.precision):
+                            out = wrapped(move_to_device(batch, rt.device), step)
+                        loss = out.loss.float() * scale
+                        (scaler.scale(loss) if scaler is not None else loss).backward()
+                    step_loss += float(loss.detach())
+                    for k, v in out.metrics.items():
+                        step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+                return step_loss, step_metrics
+
+            replay = cfg.replay_every > 0 and (step + 1) % cfg.replay_every == 0
+            rng_before = _rng_state() if replay else None
+            step_loss, step_metrics = forward_backward()
+            if replay and math.isfinite(step_loss):
+                _replay_check(step, step_loss, forward_backward, rng_before, module, opt, rt, cfg, meter, result)
             finite = torch.tensor([1.0 if math.isfinite(step_loss) else 0.0])
             if rt.distributed:
                 finite = finite.to(_coll_device(rt))
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if float(finite.item()) < 1.0:
-                opt.zero_grad(set_to_none=True)
-                if cfg.on_nonfinite == "raise":
-                    raise FloatingPointError(f"non-finite loss at step {step}; last checkpoint: {_latest_name(ckpt_root)}")
-                _log.warning("non-finite loss at step %d: step skipped", step)
-                sched.step()
-                continue
-            if scaler is not None:
+            if scaler is not None and float(finite.item()) == 1.0:
                 scaler.unscale_(opt)
             grad_norm = float("nan")
-            if optim_cfg.grad_clip > 0:
+            if optim_cfg.grad_clip > 0 and float(finite.item()) == 1.0:
                 norm = torch.nn.utils.clip_grad_norm_(module.parameters(), optim_cfg.grad_clip)
                 grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # DTensor under FSDP
+                if cfg.on_nonfinite == "rollback" and scaler is None and not math.isfinite(grad_norm):
+                    finite.fill_(0.0)  # NaN/Inf gradients with a finite loss: the update would poison the weights
+            if float(finite.item()) < 1.0:
+                opt.zero_grad(set_to_none=True)
+                meter.end(useful=False)
+                if cfg.on_nonfinite == "raise":
+                    raise FloatingPointError(f"non-finite loss at step {step}; last checkpoint: {_latest_name(ckpt_root)}")
+                if cfg.on_nonfinite == "rollback":
+                    if result.rollbacks >= cfg.max_rollbacks:
+                        raise FloatingPointError(f"non-finite loss at step {step} after {result.rollbacks} rollbacks "
+                                                 f"(train.max_rollbacks); last checkpoint: {_latest_name(ckpt_root)}")
+                    snapshot.restore(module, opt)  # type: ignore[union-attr]
+                    result.rollbacks += 1
+                    _log.warning("non-finite loss at step %d: restored the in-memory snapshot of step %d; training "
+                                 "continues with the next batch", step, snapshot.step)  # type: ignore[union-attr]
+                else:
+                    _log.warning("non-finite loss at step %d: step skipped", step)
+                sched.step()
+                continue
             if scaler is not None:
                 scaler.step(opt)
                 scaler.update()
@@ -363,6 +399,9 @@ def fit(
                 opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            meter.end(useful=True)
+            if snapshot is not None and (step + 1) % cfg.snapshot_every == 0:
+                snapshot = Snapshot.take(step + 1, module, opt)
 
             row = {"loss": step_loss, **step_metrics, "grad_norm": grad_norm, "lr": opt.param_groups[0]["lr"]}
             for k, v in row.items():
@@ -372,6 +411,7 @@ def fit(
                 means = {k: float(np.mean(v)) for k, v in window.items()}
                 means = all_reduce_mean(means, rt)
                 means["step_s"] = (time.perf_counter() - window_start) / len(window["loss"])
+                means["goodput"] = result.goodput = meter.goodput()
                 logger.log(done, means)
                 result.train_metrics = means
                 window, window_start = {}, time.perf_counter()
@@ -394,11 +434,39 @@ def fit(
             elif rt.is_main:
                 task.save_artifact(module, run_dir / "final")
         rt.barrier()
+        result.goodput = meter.goodput()
     finally:
         if bar is not None:
             bar.close()
         logger.close()
     return result
+
+
+def _replay_check(step, loss, forward_backward, rng_before, module, opt, rt, cfg, meter, result) -> None:
+    """Rerun the step from the same RNG state and compare loss and gradient checksums (tessera.train.guard)."""
+    t0 = time.perf_counter()
+    first = grad_checksum(module)
+    rng_after = _rng_state()
+    opt.zero_grad(set_to_none=True)
+    _set_rng_state(rng_before)
+    again, _ = forward_backward()
+    second = grad_checksum(module)
+    _set_rng_state(rng_after)
+    ok = checksums_match(first, second, cfg.replay_rtol) and (
+        again == loss if cfg.replay_rtol == 0 else math.isclose(again, loss, rel_tol=cfg.replay_rtol))
+    flag = torch.tensor([1.0 if ok else 0.0])
+    if rt.distributed:
+        flag = flag.to(_coll_device(rt))
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    meter.add_lost(time.perf_counter() - t0)
+    if float(flag.item()) == 1.0:
+        result.replays += 1
+        return
+    msg = (f"replay check failed at step {step}: loss {loss!r} then {again!r}, gradient checksum "
+           f"{first.tolist()} then {second.tolist()} (rank {rt.rank}); the computation is not reproducible")
+    if cfg.on_replay_mismatch == "raise":
+        raise ReplayMismatchError(msg)
+    _log.warning(msg)
 
 
 def _coll_device(rt: Runtime) -> torch.device:
