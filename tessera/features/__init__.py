@@ -24,8 +24,8 @@ touches the network when the user asks for weights that are not on disk.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tessera.features.base import FeatureExtractor, check_images, freeze_, resize_center_crop_tensor
 from tessera.features.resnet import RESNET_PRESETS, ResNetConfig, TesseraResNet, TesseraResNetExtractor

@@ -27,9 +27,9 @@ Pickled releases (CIFAR-FS's original, some mini-ImageNet packs) are not read: T
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

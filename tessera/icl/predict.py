@@ -11,8 +11,9 @@ Labels can be any hashable values; they are mapped to model labels by first appe
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -11,8 +11,8 @@
 from tessera.lm.generate import GenerationOutput, ModalityConstraint, SamplingConfig, generate, stream_generate
 from tessera.lm.hf import from_hf, to_hf
 from tessera.lm.model import PRESETS, Decoder, DecoderConfig, DecoderOutput, KVCache, config_from_name, list_presets
-from tessera.lm.processor import Encoding, Processor
 from tessera.lm.pretrained import load_pretrained, save_pretrained
+from tessera.lm.processor import Encoding, Processor
 from tessera.lm.vocab import SPECIAL_TOKENS, Vocabulary, train_text_tokenizer
 
 __all__ = [

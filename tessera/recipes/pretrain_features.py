@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tessera.features.resnet import RESNET_PRESETS, ResNetConfig, TesseraResNet, TesseraResNetExtractor
+from tessera.features.resnet import RESNET_PRESETS, TesseraResNet, TesseraResNetExtractor
 from tessera.icl.episodes import fixed_episodes
 from tessera.icl.suite import BASE_DATASETS, SuiteConfig, load_suite_dataset
 from tessera.train import EpochSampler, OptimConfig, StepOutput, Task, TrainConfig, fit

@@ -32,8 +32,8 @@ from torch import nn
 
 from tessera.icl.embeddings import EmbeddedSet, embed_dataset
 from tessera.icl.episodes import class_index, episode_rng, fixed_episodes, sample_episode
-from tessera.icl.suite import BASE_DATASETS, SuiteConfig, load_suite_dataset
 from tessera.icl.model import FeatureNorm
+from tessera.icl.suite import BASE_DATASETS, SuiteConfig, load_suite_dataset
 from tessera.icl.zoo import MODEL_KINDS, build_model, save_model
 from tessera.train import OptimConfig, StepOutput, Task, TrainConfig, fit
 

@@ -221,7 +221,6 @@ class SafeChatBackend:
 
     def stream(self, request: ChatRequest) -> Iterator[ChatEvent]:
         import numpy as np
-        import torch
 
         from tessera.lm.generate import SamplingConfig
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.icl.baselines import GPICL, SNAIL, GPICLConfig, MetaQDA, SNAILConfig, knn, metaopt_svm, protonet, simpleshot
+from tessera.icl.baselines import (
+    GPICL,
+    SNAIL,
+    GPICLConfig,
+    MetaQDA,
+    SNAILConfig,
+    knn,
+    metaopt_svm,
+    protonet,
+    simpleshot,
+)
 from tessera.icl.episodes import class_index, fixed_episodes
 
 

@@ -108,9 +108,8 @@ def discover_fonts(system: bool = True, extra_dirs: list[str] | None = None) -> 
     Returns:
         (faces, coverage by face key, list of the font folders searched).
     """
-    from fontTools.ttLib import TTCollection, TTFont
-
     import matplotlib
+    from fontTools.ttLib import TTCollection, TTFont
 
     dirs = [Path(matplotlib.get_data_path()) / "fonts" / "ttf"]
     if system:
