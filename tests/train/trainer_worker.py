@@ -9,7 +9,7 @@ config of `configs/<part>/` plus the overrides, and adds two test-only observati
 recipe's `fit`: every rank writes its final module state to `RUN_DIR/rank<r>.safetensors` (so the tests can check
 that replicas and VQ codebooks agree), and with `--kill-at STEP:DELAY` the process sends itself SIGKILL (kill -9:
 no handler, no cleanup) DELAY seconds after step STEP starts, which lands anywhere in that step, in the middle of a
-checkpoint write included. The LM reads a tiny image tokenizer from
+checkpoint write included (or at the start of the next step, if that one came first). The LM reads a tiny image tokenizer from
 `$TESSERA_TEST_TOKENIZER` (a folder made by the test) instead of training one.
 """
 
@@ -69,14 +69,26 @@ def _wrap_fit(recipe, run_dir: Path, kill_at: tuple[int, float] | None) -> None:
 
     def fit(task, cfg, optim_cfg, rdir, **kw):
         inner = task.batches
+        armed: list[threading.Timer] = []
+
+        def kill_now_if_pending() -> None:
+            # a fast machine can finish the step (and the run) before DELAY: then the kill lands right here, at the
+            # start of the next step or before the final weights are written, never after a completed run
+            if armed:
+                armed[0].cancel()
+                os.kill(os.getpid(), signal.SIGKILL)
 
         def batches(step, micro, rank, world):
             if kill_at is not None and step == kill_at[0] and micro == 0:
-                threading.Timer(kill_at[1], os.kill, (os.getpid(), signal.SIGKILL)).start()
+                armed.append(threading.Timer(kill_at[1], os.kill, (os.getpid(), signal.SIGKILL)))
+                armed[0].start()
+            elif kill_at is not None and step > kill_at[0]:
+                kill_now_if_pending()
             return inner(step, micro, rank, world)
 
         task.batches = batches
         result = real_fit(task, cfg, optim_cfg, rdir, **kw)
+        kill_now_if_pending()
         sharded = cfg.strategy == "fsdp" and dist.is_initialized()  # FSDP ranks hold shards: the test reads final/
         if result.step == cfg.steps and not sharded:
             rank = dist.get_rank() if dist.is_initialized() else 0
