@@ -235,6 +235,7 @@ def _image_items(prompt: str, image_paths: list[str]) -> list:
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
+    from tessera.lm.detokenize import detokenize_stream
     from tessera.lm.generate import ModalityConstraint, SamplingConfig, stream_generate
     from tessera.lm.pretrained import load_pretrained
 
@@ -249,39 +250,20 @@ def _generate(args: argparse.Namespace) -> int:
                                     stop_after_image=args.draw)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
     out_dir = Path(args.out)
-    ids = torch.tensor([enc.ids])
-    text_buf: list[int] = []
-    printed = ""
-    block: list[int] | None = None
+    gen = stream_generate(model, torch.tensor([enc.ids]), patches=enc.patches, max_new_tokens=args.max_new_tokens,
+                          sampling=sampling, stop_tokens=stops, constraint=constraint,
+                          generator=torch.Generator().manual_seed(args.seed))
     saved = 0
-    for token in stream_generate(model, ids, patches=enc.patches, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                                 stop_tokens=stops, constraint=constraint, generator=torch.Generator().manual_seed(args.seed)):
-        t = int(token[0])
-        if t == vocab.boi_id and block is None:
-            block = []
-            continue
-        if block is not None:
-            if t == vocab.eoi_id:
-                image = proc.decode([vocab.boi_id, *block, vocab.eoi_id])[0]
-                if isinstance(image, torch.Tensor):
-                    path = _save_png(image, out_dir / f"image_{saved:03d}.png")
-                    saved += 1
-                    print(f"\n[image saved to {path}]", flush=True)
-                block = None
-            else:
-                block.append(t)
-            continue
-        if t in stops:
-            break
-        text_buf.append(t)
-        text = proc.decode(text_buf)
-        text = "".join(x for x in text if isinstance(x, str))
-        if not text.endswith("\ufffd") and text.startswith(printed):  # wait for whole UTF-8 characters
-            sys.stdout.write(text[len(printed):])
+    for piece in detokenize_stream((int(t[0]) for t in gen), proc, stops):
+        if piece.kind == "text":
+            sys.stdout.write(piece.text)
             sys.stdout.flush()
-            printed = text
-    if block is not None:
-        print(f"\n[incomplete image block of {len(block)} codes: max-new-tokens reached]")
+        elif piece.kind == "image":
+            path = _save_png(piece.image, out_dir / f"image_{saved:03d}.png")
+            saved += 1
+            print(f"\n[image saved to {path}]", flush=True)
+        else:
+            print(f"\n[incomplete image block of {piece.codes} codes: max-new-tokens reached]")
     print()
     return 0
 

@@ -146,6 +146,7 @@ class PlainLMBackend:
         import numpy as np
         import torch
 
+        from tessera.lm.detokenize import detokenize_stream
         from tessera.lm.generate import ModalityConstraint, SamplingConfig, stream_generate
 
         proc, vocab = self.processor, self.processor.vocab
@@ -158,42 +159,29 @@ class PlainLMBackend:
         max_new = min(request.max_new_tokens, self.model.cfg.max_seq_len - len(enc.ids))
         if request.draw:
             max_new = max(max_new, proc.image_tokens + 2)
-        ids = torch.tensor([enc.ids])
-        text_buf: list[int] = []
-        sent = ""
-        block: list[int] | None = None
-        with self._lock:
-            gen = stream_generate(self.model, ids, patches=enc.patches, max_new_tokens=max_new,
-                                  sampling=SamplingConfig(request.temperature), stop_tokens=[vocab.eos_id],
-                                  constraint=constraint, generator=torch.Generator().manual_seed(request.seed))
+        late: list[bool] = []
+
+        def until_deadline(gen: Iterator[torch.Tensor]) -> Iterator[int]:
             for token in gen:
                 if time.monotonic() > request.deadline:
-                    yield ChatEvent("stopped", "the request's time limit was reached")
-                    break
-                t = int(token[0])
-                if t == vocab.boi_id and block is None:
-                    block = []
-                    continue
-                if block is not None:
-                    if t == vocab.eoi_id:
-                        image = proc.decode([vocab.boi_id, *block, vocab.eoi_id])[0]
-                        if isinstance(image, torch.Tensor):
-                            arr = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-                            yield ChatEvent("image", image=Image.fromarray(arr))
-                        block = None
-                    else:
-                        block.append(t)
-                    continue
-                if t == vocab.eos_id:
-                    break
-                text_buf.append(t)
-                text = "".join(x for x in proc.decode(text_buf) if isinstance(x, str))
-                if not text.endswith("\ufffd") and text.startswith(sent) and len(text) > len(sent):
-                    yield ChatEvent("text", text[len(sent):])
-                    sent = text
-            else:
-                if block is not None:
-                    yield ChatEvent("stopped", f"max_new_tokens reached inside an image ({len(block)} of {proc.image_tokens} codes)")
+                    late.append(True)
+                    return
+                yield int(token[0])
+
+        with self._lock:
+            gen = stream_generate(self.model, torch.tensor([enc.ids]), patches=enc.patches, max_new_tokens=max_new,
+                                  sampling=SamplingConfig(request.temperature), stop_tokens=[vocab.eos_id],
+                                  constraint=constraint, generator=torch.Generator().manual_seed(request.seed))
+            for piece in detokenize_stream(until_deadline(gen), proc, [vocab.eos_id]):
+                if piece.kind == "text":
+                    yield ChatEvent("text", piece.text)
+                elif piece.kind == "image":
+                    arr = (piece.image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                    yield ChatEvent("image", image=Image.fromarray(arr))
+                elif not late:
+                    yield ChatEvent("stopped", f"max_new_tokens reached inside an image ({piece.codes} of {proc.image_tokens} codes)")
+            if late:
+                yield ChatEvent("stopped", "the request's time limit was reached")
         yield ChatEvent("done")
 
 
