@@ -411,14 +411,19 @@ def episode(
         attribute = attribute or ("color" if rng.random() < 0.5 else "shape")
         values = list(scene_mod.COLORS) if attribute == "color" else list(scene_mod.SHAPES)
         # Test single-object scenes all hold a held-out pair, so some colours never occur there.
-        values = [v for v in values if (split, attribute, v) in corpus.by_value]
+        # Small corpora hold few single-object scenes of some values: a class needs shots + 1 of them (the query).
+        values = [v for v in values if len(corpus.by_value.get((split, attribute, v), ())) > shots]
         if len(values) < ways:
-            raise ValueError(f"only {len(values)} {attribute} values have single-object {split} scenes; need {ways}")
+            raise ValueError(f"only {len(values)} {attribute} values have at least {shots + 1} single-object {split} "
+                             f"scenes; a {ways}-way {shots}-shot episode needs {ways} (build a larger corpus)")
         classes = [values[i] for i in rng.choice(len(values), size=ways, replace=False)]
         members = [corpus.by_value[(split, attribute, c)] for c in classes]
     elif source == "glyphs":
-        n = len(corpus.glyph_classes)
-        classes = [int(i) for i in rng.choice(n, size=ways, replace=False)]
+        eligible = [c for c in range(len(corpus.glyph_classes)) if len(corpus.glyph_renders.get((split, c), ())) > shots]
+        if len(eligible) < ways:
+            raise ValueError(f"only {len(eligible)} letters have at least {shots + 1} {split} renders; a {ways}-way "
+                             f"{shots}-shot glyph episode needs {ways}")
+        classes = [eligible[int(i)] for i in rng.choice(len(eligible), size=ways, replace=False)]
         members = [corpus.glyph_renders[(split, c)] for c in classes]
     else:
         raise ValueError(f"episode source must be 'scenes' or 'glyphs', got {source!r}")

@@ -17,7 +17,7 @@ import torch
 
 from tessera.lm.corpus import Corpus, Document, ImageRef, sample_document
 from tessera.lm.modalities import AudioRef, VideoRef
-from tessera.lm.objective import IMAGE, SKIP, TEXT, pack_documents
+from tessera.lm.objective import IMAGE, SKIP, TEXT, fill_row, packed_batch
 from tessera.lm.processor import patch_block
 from tessera.lm.vocab import Vocabulary
 
@@ -111,32 +111,17 @@ class PackedBatches:
         self.schedule = schedule  # a tessera.train.mixture.StagedMixture over document kinds (None: corpus mixture)
 
     def row(self, rng: np.random.Generator, max_misses: int = 4, step: int = 0) -> list[tuple]:
-        """Documents for one row: drawn until `max_misses` draws in a row do not fit."""
-        docs, used, misses = [], 0, 0
-        while misses < max_misses:
+        """Documents for one row, drawn from `rng` (the step picks the mixture stage when there is a schedule)."""
+
+        def draw() -> tuple:
             kind = None if self.schedule is None else self.schedule.sample(rng, step)
-            doc = self.encoder(sample_document(self.corpus, rng, self.split, kind), rng=rng)
-            if used + len(doc[0]) > self.seq_len:
-                misses += 1
-                continue
-            docs.append(doc)
-            used += len(doc[0])
-        return docs
+            return self.encoder(sample_document(self.corpus, rng, self.split, kind), rng=rng)
+
+        return fill_row(draw, self.seq_len, max_misses)
 
     def __call__(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
-        if self.batch_size % world_size:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by the world size {world_size}")
-        per_rank = self.batch_size // world_size
-        rows = []
-        for i in range(per_rank):
-            g = rank * per_rank + i
-            rows.append(self.row(np.random.default_rng([self.seed, step, micro, g]), step=step))
-        parts = [pack_documents(docs, self.seq_len, 1)[0] for docs in rows]
-        batch = {k: torch.cat([p[k] for p in parts]) for k in ("input_ids", "targets", "modality", "segment_ids", "attention_mask")}
-        pix = [p["patches"] for p in parts if "patches" in p]
-        if pix:
-            batch["patches"] = torch.cat(pix)  # row-major order = the order of the <patch> placeholders in (B, T)
-        return batch
+        return packed_batch(lambda rng: self.row(rng, step=step), seq_len=self.seq_len, batch_size=self.batch_size,
+                            seed=self.seed, step=step, micro=micro, rank=rank, world_size=world_size)
 
     @staticmethod
     def weight(batch: dict[str, torch.Tensor]) -> float:

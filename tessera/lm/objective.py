@@ -16,15 +16,17 @@ codes, which are many and high-entropy, count more or less than text.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from tessera.lm.model import Decoder
 
-__all__ = ["LossConfig", "LossTerms", "lm_loss", "pack_documents", "IGNORE", "TEXT", "IMAGE", "SKIP"]
+__all__ = ["LossConfig", "LossTerms", "lm_loss", "pack_documents", "fill_row", "packed_batch", "IGNORE", "TEXT", "IMAGE",
+           "SKIP"]
 
 IGNORE = -100
 TEXT, IMAGE = 0, 1  # modality of a target token
@@ -152,3 +154,46 @@ def pack_documents(
     if patches:
         batch["patches"] = torch.cat(patches)
     return batch, used
+
+
+def fill_row(draw: Callable[[], tuple], seq_len: int, max_misses: int) -> list[tuple]:
+    """Documents for one packed row: `draw()` is called until `max_misses` drawn documents did not fit (in total)."""
+    docs: list[tuple] = []
+    used = misses = 0
+    while misses < max_misses:
+        doc = draw()
+        if used + len(doc[0]) > seq_len:
+            misses += 1
+            continue
+        docs.append(doc)
+        used += len(doc[0])
+    return docs
+
+
+def packed_batch(
+    row: Callable[[np.random.Generator], list[tuple]],
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    step: int,
+    micro: int,
+    rank: int,
+    world_size: int,
+) -> dict[str, torch.Tensor]:
+    """This rank's share of a packed global batch, a pure function of (seed, step, micro, global row).
+
+    Global row g is filled by `row(rng)` from its own RNG stream seeded by (seed, step, micro, g), so every world
+    size sees the same global batch and resuming needs no iterator state. Rank r holds rows
+    [r * B / world, (r + 1) * B / world).
+    """
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the world size {world_size}")
+    per_rank = batch_size // world_size
+    parts = [pack_documents(row(np.random.default_rng([seed, step, micro, rank * per_rank + i])), seq_len, 1)[0]
+             for i in range(per_rank)]
+    batch = {k: torch.cat([p[k] for p in parts]) for k in ("input_ids", "targets", "modality", "segment_ids", "attention_mask")}
+    pix = [p["patches"] for p in parts if "patches" in p]
+    if pix:
+        batch["patches"] = torch.cat(pix)  # row-major order = the order of the <patch> placeholders in (B, T)
+    return batch

@@ -43,7 +43,7 @@ from tessera.lm import scenes as S
 from tessera.lm.chat import ChatEncoding, encode_chat
 from tessera.lm.corpus import Corpus, ImageRef
 from tessera.lm.data import DocumentEncoder
-from tessera.lm.objective import IMAGE, SKIP, TEXT, pack_documents
+from tessera.lm.objective import IMAGE, SKIP, TEXT, fill_row, packed_batch
 from tessera.lm.vocab import Vocabulary
 
 __all__ = [
@@ -471,23 +471,12 @@ class SFTBatches:
         self.mixture = mixture or DEFAULT_MIXTURE
 
     def row(self, rng: np.random.Generator, max_misses: int = 3) -> list[tuple]:
-        docs, used, misses = [], 0, 0
-        while misses < max_misses:
-            doc = self.encoder.document(sample_example(self.corpus, rng, self.split, mixture=self.mixture).messages)
-            if used + len(doc[0]) > self.seq_len:
-                misses += 1
-                continue
-            docs.append(doc)
-            used += len(doc[0])
-        return docs
+        return fill_row(lambda: self.encoder.document(sample_example(self.corpus, rng, self.split, mixture=self.mixture).messages),
+                        self.seq_len, max_misses)
 
     def __call__(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
-        if self.batch_size % world_size:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by the world size {world_size}")
-        per_rank = self.batch_size // world_size
-        parts = [pack_documents(self.row(np.random.default_rng([self.seed, step, micro, rank * per_rank + i])),
-                                self.seq_len, 1)[0] for i in range(per_rank)]
-        return {k: torch.cat([p[k] for p in parts]) for k in ("input_ids", "targets", "modality", "segment_ids", "attention_mask")}
+        return packed_batch(self.row, seq_len=self.seq_len, batch_size=self.batch_size, seed=self.seed, step=step,
+                            micro=micro, rank=rank, world_size=world_size)
 
     @staticmethod
     def weight(batch: dict[str, torch.Tensor]) -> float:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tessera.lm import scenes as S
-from tessera.lm.corpus import CorpusConfig, ImageRef, build_corpus, label_word, sample_document
+from tessera.lm.corpus import CorpusConfig, ImageRef, build_corpus, episode, label_word, sample_document
 from tessera.lm.glyphs import SCRIPTS, glyph_classes
 
 
@@ -78,3 +78,16 @@ def test_documents_are_deterministic_and_well_formed(corpus):
     assert doc.segments[-1] == f" {doc.meta['answer']}." and doc.meta["answer"] in doc.meta["labels"]
     assert all(r.split == "test" for r in images)
     assert corpus.codes(images[0]).shape == (8, 8)
+
+
+def test_episodes_from_a_small_corpus_use_only_classes_with_enough_images(image_tokenizer):
+    # 60 scenes hold few single-object scenes per colour/shape: episodes must draw only classes that have shots + 1
+    small = build_corpus(CorpusConfig(train_scenes=60, test_scenes=30, glyph_train_renders=1, glyph_test_renders=1),
+                         image_tokenizer)
+    for seed in range(200):
+        doc = sample_document(small, np.random.default_rng([seed]), "train", "episode")
+        assert doc.kind == "episode"
+    with pytest.raises(ValueError, match=r"at least 41 single-object train scenes"):
+        episode(small, np.random.default_rng(0), 2, 40, "train", source="scenes", attribute="color")
+    with pytest.raises(ValueError, match=r"at least 2 train renders"):
+        episode(small, np.random.default_rng(0), 2, 1, "train", source="glyphs")
