@@ -40,6 +40,7 @@ from tessera.lm.evaluate import caption_accuracy, fewshot_accuracy, generation_f
 from tessera.lm.pretrained import load_pretrained  # noqa: E402
 from tessera.lm.probe import ProbeConfig, SceneProbe, train_probe  # noqa: E402
 from tessera.paths import cache_dir  # noqa: E402
+from tessera.recipes.reuse import train_or_reuse  # noqa: E402
 from tessera.recipes.train_lm import LMRunConfig, prepare, train_lm  # noqa: E402
 
 SIZES = ("nano", "pro", "ultra")
@@ -71,20 +72,7 @@ def _probe(steps: int, progress: bool) -> tuple[SceneProbe, dict]:
 
 def _train_or_reuse(size: str, overrides: list[str], run_root: Path) -> tuple[LMRunConfig, Path, float]:
     cfg = load_config(LMRunConfig, ROOT / "configs" / "lm" / f"{size}.yaml", overrides)
-    run = run_root / size
-    final = run / "final"
-    saved = run / "config.yaml"
-    if (final / "model.safetensors").is_file() and saved.is_file():
-        import yaml
-
-        if yaml.safe_load(saved.read_text()) == to_dict(cfg):
-            print(f"[{size}] reusing {final}", flush=True)
-            timing = run / "train_seconds.json"
-            return cfg, final, json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
-    t = time.time()
-    train_lm(cfg, run, resume=True)
-    seconds = time.time() - t
-    (run / "train_seconds.json").write_text(json.dumps({"seconds": seconds}))
+    final, seconds = train_or_reuse(cfg, run_root / size, lambda c, run: train_lm(c, run, resume=True), size)
     return cfg, final, seconds
 
 

@@ -53,6 +53,7 @@ from tessera.lm.data import DocumentEncoder  # noqa: E402
 from tessera.lm.evaluate import caption_accuracy, generation_fidelity, score_continuations, vqa_accuracy  # noqa: E402
 from tessera.lm.evaluate_modalities import spoken_vqa_accuracy, spoken_word_accuracy, video_qa_accuracy  # noqa: E402
 from tessera.lm.pretrained import load_pretrained  # noqa: E402
+from tessera.recipes.reuse import train_or_reuse  # noqa: E402
 from tessera.recipes.train_lm import LMRunConfig, prepare, train_lm  # noqa: E402
 
 SIZES = ("nano", "pro", "ultra")
@@ -76,29 +77,9 @@ SOURCES = ("scenes", "glyphs")
 
 
 # -- models ----------------------------------------------------------------------------------------------------------
-def _same_config(saved: Any, current: Any) -> bool:
-    """Whether a saved run config matches the current one; fields the saved file lacks (added to the code later, with
-    defaults that keep the old behaviour) are ignored."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        return all(k in current and _same_config(v, current[k]) for k, v in saved.items())
-    return saved == current
-
-
 def _train_or_reuse(size: str, config: str, overrides: list[str], run_root: Path) -> tuple[LMRunConfig, Path, float]:
     cfg = load_config(LMRunConfig, ROOT / "configs" / "lm" / config, [f"preset={size}", *overrides])
-    run = run_root / size
-    final, saved = run / "final", run / "config.yaml"
-    if (final / "model.safetensors").is_file() and saved.is_file():
-        import yaml
-
-        if _same_config(yaml.safe_load(saved.read_text()), to_dict(cfg)):
-            print(f"[{size}] reusing {final}", flush=True)
-            timing = run / "train_seconds.json"
-            return cfg, final, json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
-    t = time.time()
-    train_lm(cfg, run, resume=True)
-    seconds = time.time() - t
-    (run / "train_seconds.json").write_text(json.dumps({"seconds": seconds}))
+    final, seconds = train_or_reuse(cfg, run_root / size, lambda c, run: train_lm(c, run, resume=True), size)
     return cfg, final, seconds
 
 
@@ -113,18 +94,7 @@ def _distilled(nano_cfg: LMRunConfig, teacher_final: Path, run_root: Path) -> tu
     from tessera.config import from_dict
 
     cfg = from_dict(DistillRunConfig, {**to_dict(nano_cfg), "teacher": {"path": str(teacher_final)}})
-    run = run_root / "distilled_nano"
-    final, saved = run / "final", run / "config.yaml"
-    if (final / "model.safetensors").is_file() and saved.is_file():
-        import yaml
-
-        if _same_config(yaml.safe_load(saved.read_text()), to_dict(cfg)):
-            timing = run / "train_seconds.json"
-            return final, "", json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
-    t = time.time()
-    distill_lm(cfg, run, resume=True)
-    seconds = time.time() - t
-    (run / "train_seconds.json").write_text(json.dumps({"seconds": seconds}))
+    final, seconds = train_or_reuse(cfg, run_root / "distilled_nano", lambda c, run: distill_lm(c, run, resume=True))
     return final, "", seconds
 
 
