@@ -102,10 +102,10 @@ def bench(preset: str, reps: int, way: int = 5, shot: int = 5, queries: int = 75
         ours = exact(s, lab, q).logits[0]
         parity = float((ref[:, :way] - ours[:, :way]).abs().max())
         timings = {
-            "official": _time(lambda s, l, q: official(s, l, q), eps),
-            "copied": _time(lambda s, l, q: exact.forward_copied(s, l, q), eps),
-            "exact": _time(lambda s, l, q: exact(s, l, q, attention="exact"), eps),
-            "amortized": _time(lambda s, l, q: exact(s, l, q, attention="amortized"), eps),
+            "official": _time(lambda s, lab, q: official(s, lab, q), eps),
+            "copied": _time(lambda s, lab, q: exact.forward_copied(s, lab, q), eps),
+            "exact": _time(lambda s, lab, q: exact(s, lab, q, attention="exact"), eps),
+            "amortized": _time(lambda s, lab, q: exact(s, lab, q, attention="amortized"), eps),
         }
     params = sum(p.numel() for p in exact.parameters())
     return {

@@ -100,7 +100,7 @@ def run_caml(model, es: EmbeddedSet, episodes: list[Episode], attention: str | N
                 q = torch.from_numpy(np.stack([np.asarray(feats[e.query], dtype=np.float32) for e in eps]))
                 sl = torch.from_numpy(np.stack([e.support_labels for e in eps]))
                 pred = model(s, sl, q, attention=attention).logits.argmax(-1).numpy()
-                for k, e, p in zip(idx[j : j + batch], eps, pred):
+                for k, e, p in zip(idx[j : j + batch], eps, pred, strict=True):
                     out[k] = (p == e.query_labels).mean()
     return out, time.perf_counter() - t0
 
@@ -116,7 +116,8 @@ def easyfsl_crosscheck(es: EmbeddedSet, episodes: list[Episode], center: torch.T
     pn = PrototypicalNetworks(backbone=nn.Identity())
     ss = SimpleShot(backbone=nn.Identity(), feature_centering=center, feature_normalization=2)
     res = {"available": True}
-    for name, ef, ours in (("ProtoNet", pn, bl.protonet), ("SimpleShot", ss, lambda s, l, q, w: bl.simpleshot(s, l, q, w, center))):
+    for name, ef, ours in (("ProtoNet", pn, bl.protonet),
+                           ("SimpleShot", ss, lambda s, y, q, w: bl.simpleshot(s, y, q, w, center))):
         accs, agree, total = [], 0, 0
         with torch.no_grad():
             for ep in episodes:
@@ -181,7 +182,7 @@ def main() -> None:  # noqa: C901 - a report script, read top to bottom
 
     methods: dict[str, Method] = {
         "ProtoNet": bl.protonet,
-        "SimpleShot": lambda s, l, q, w: bl.simpleshot(s, l, q, w, center),
+        "SimpleShot": lambda s, y, q, w: bl.simpleshot(s, y, q, w, center),
         "1-NN": bl.knn,
         "MetaOpt (SVM-CS)": bl.metaopt_svm,
     }
@@ -209,7 +210,7 @@ def main() -> None:  # noqa: C901 - a report script, read top to bottom
                     row[mname], secs = run_caml(model, test, eps)
                     timing[(mname, key)] = secs
                 else:
-                    row[mname] = run_method(lambda s, l, q, w, m=model: m(s, l, q, w), test, eps)
+                    row[mname] = run_method(lambda s, y, q, w, m=model: m(s, y, q, w), test, eps)
             if "CAML" in trained:  # cross-mode: the exact-trained model run with the amortized mask, and vice versa
                 row["CAML run amortized (exact-trained)"], timing[("CAML amortized-run", key)] = run_caml(trained["CAML"][0], test, eps, "amortized")
             if "CAML (amortized)" in trained:
@@ -271,7 +272,8 @@ def main() -> None:  # noqa: C901 - a report script, read top to bottom
                 eps = fixed_episodes(bes.labels, 5, shot, 16, n_eps, seed=args.seed + shot)
                 cell = {m: mean_ci(run_method(fn, bes, eps)) for m, fn in methods.items()}
                 for mname, (model, doc) in trained.items():
-                    cell[mname] = mean_ci(run_caml(model, bes, eps)[0] if doc["kind"] == "caml" else run_method(lambda s, l, q, w, m=model: m(s, l, q, w), bes, eps))
+                    cell[mname] = mean_ci(run_caml(model, bes, eps)[0] if doc["kind"] == "caml"
+                                          else run_method(lambda s, y, q, w, m=model: m(s, y, q, w), bes, eps))
                 paper[bname][f"5w{shot}s"] = cell
 
     # -- report -----------------------------------------------------------------------------------------------------

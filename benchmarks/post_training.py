@@ -135,33 +135,36 @@ def run_preset(preset: str, p: dict, runs: Path, log) -> dict:
     val_routed = routed_cot(policy, vocab, val_prompts, final_answer, k=p["k"], threshold=0.0, max_new_tokens=64,
                             generator=torch.Generator().manual_seed(1))
     val_greedy = [final_answer(vocab.decode_text(r[0])) for r in sample_replies(policy, vocab, val_prompts, max_new_tokens=64)]
-    threshold, val_acc = tune_threshold([r.agreement for r in val_routed], [r.answer == e.answer for r, e in zip(val_routed, val)],
-                                        [g == e.answer for g, e in zip(val_greedy, val)])
+    threshold, val_acc = tune_threshold([r.agreement for r in val_routed],
+                                        [r.answer == e.answer for r, e in zip(val_routed, val, strict=True)],
+                                        [g == e.answer for g, e in zip(val_greedy, val, strict=True)])
     idx = [i for i, e in enumerate(examples) if e.kind == "reasoning"]
     routed = routed_cot(policy, vocab, [prompts[i] for i in idx], final_answer, k=p["k"], threshold=threshold,
                         max_new_tokens=64, generator=torch.Generator().manual_seed(2))
     replies["routed_cot"] = list(replies["best_of_n"])
-    for i, r in zip(idx, routed):
+    for i, r in zip(idx, routed, strict=True):
         replies["routed_cot"][i] = r.reply
     routed_share = float(np.mean([r.route == "majority" for r in routed])) if routed else float("nan")
 
-    sft_scores = rm.score(list(zip(prompts, [r or [vocab.token_id("<end_of_turn>")] for r in replies["sft"]])))
+    sft_scores = rm.score(list(zip(prompts, [r or [vocab.token_id("<end_of_turn>")] for r in replies["sft"]],
+                                   strict=True)))
     rows = {}
     names = {"base": "base", "sft": "SFT", "dpo": "SFT+DPO", "rloo": "SFT+RL (RLOO)",
              "best_of_n": f"SFT+RL + best-of-{p['n']}", "routed_cot": f"SFT+RL + best-of-{p['n']} + routed CoT@{p['k']}"}
     for s, rs in replies.items():
         texts = [vocab.decode_text(r) for r in rs]
         m = evaluate_replies(examples, texts)
-        scores = rm.score(list(zip(prompts, [r or [vocab.token_id("<end_of_turn>")] for r in rs])))
+        scores = rm.score(list(zip(prompts, [r or [vocab.token_id("<end_of_turn>")] for r in rs], strict=True)))
         m["rm_win_rate_vs_sft"] = float(((scores > sft_scores).float() + 0.5 * (scores == sft_scores).float()).mean())
         m["training_tokens"] = tokens.get(s, tokens["rloo"])
-        m["example_reply"] = next((t for e, t in zip(examples, texts) if e.kind == "count"), "")[:120].replace("\n", "\\n")
+        m["example_reply"] = next((t for e, t in zip(examples, texts, strict=True) if e.kind == "count"),
+                                  "")[:120].replace("\n", "\\n")
         rows[names[s]] = m
 
     # 3. the safety layer in front of the RL model, on held-out policy compositions and benign prompts
     safety = SafetyFilter.load(stage_dir["rloo"] / "final" / "safety")
-    pol = [(e, t) for e, t in zip(examples, replies["rloo"]) if e.kind == "policy"]
-    ben = [(e, t) for e, t in zip(examples, replies["rloo"]) if e.kind == "benign"]
+    pol = [(e, t) for e, t in zip(examples, replies["rloo"], strict=True) if e.kind == "policy"]
+    ben = [(e, t) for e, t in zip(examples, replies["rloo"], strict=True) if e.kind == "benign"]
 
     def layered(e, t) -> bool:
         text = e.prompt[-1]["content"][-1]

@@ -78,7 +78,7 @@ def caption_accuracy(model: Decoder, processor: Processor, corpus: Corpus, n: in
         chunk = refs[start : start + batch_size]
         prompts = [[processor.vocab.bos_id, *enc.segment_ids(r), *enc.segment_ids("caption:")] for r in chunk]
         outs = _greedy_batch(model, processor, prompts, 64, [processor.vocab.eos_id])
-        for r, ids in zip(chunk, outs):
+        for r, ids in zip(chunk, outs, strict=True):
             text = processor.vocab.decode_text(ids).strip()
             scene = corpus.scene(r)
             c, t = caption_slots(text, scene)
@@ -110,7 +110,7 @@ def vqa_accuracy(model: Decoder, processor: Processor, corpus: Corpus, n: int = 
         chunk = items[start : start + batch_size]
         prompts = [[processor.vocab.bos_id, *enc.segment_ids(r), *enc.segment_ids(f"question: {q} answer:")] for r, _, q, _ in chunk]
         outs = _greedy_batch(model, processor, prompts, 8, [processor.vocab.eos_id])
-        for (r, qtype, q, a), ids in zip(chunk, outs):
+        for (_r, qtype, _q, a), ids in zip(chunk, outs, strict=True):
             got = processor.vocab.decode_text(ids).strip().rstrip(".").strip()
             hits.setdefault(qtype, []).append(int(got == a))
             chance.append(1.0 / len(S.answer_choices(qtype)))

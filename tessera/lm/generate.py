@@ -95,7 +95,7 @@ class ModalityConstraint:
             text[vocab.token_id(tok)] = False
         text[lo:hi] = False
         text[vocab.used_size :] = False
-        for name, (a, b) in vocab.code_ranges.items():
+        for a, b in vocab.code_ranges.values():
             text[a:b] = False
         if not allow_images:
             text[vocab.boi_id] = False

@@ -91,7 +91,8 @@ def best_of_n(
     """Sample `n` replies per prompt and keep the one the reward model scores highest (first one on ties)."""
     sampling = sampling or SamplingConfig(temperature=1.0)
     samples = sample_replies(policy, vocab, prompts, n=n, sampling=sampling, max_new_tokens=max_new_tokens, generator=generator)
-    rows = [(list(p), r or [vocab.token_id("<end_of_turn>")]) for p, rs in zip(prompts, samples) for r in rs]
+    rows = [(list(p), r or [vocab.token_id("<end_of_turn>")])
+            for p, rs in zip(prompts, samples, strict=True) for r in rs]
     rewards = reward_model.score(rows).tolist()
     out = []
     for i, rs in enumerate(samples):
@@ -147,7 +148,7 @@ def routed_cot(
     greedy = sample_replies(policy, vocab, prompts, n=1, max_new_tokens=max_new_tokens)
     samples = sample_replies(policy, vocab, prompts, n=k, sampling=sampling, max_new_tokens=max_new_tokens, generator=generator)
     out = []
-    for g, rs in zip(greedy, samples):
+    for g, rs in zip(greedy, samples, strict=True):
         answers = [extract(vocab.decode_text(r)) for r in rs]
         g_answer = extract(vocab.decode_text(g[0]))
         answer, route, agreement = route_answer(answers, g_answer, threshold)
@@ -195,7 +196,7 @@ def evaluate_replies(examples: Sequence, replies: Sequence[str]) -> dict[str, fl
     if len(examples) != len(replies):
         raise ValueError(f"{len(examples)} examples but {len(replies)} replies")
     groups: dict[str, list[dict[str, bool]]] = {}
-    for ex, r in zip(examples, replies):
+    for ex, r in zip(examples, replies, strict=True):
         if ex.check == "image":
             continue
         groups.setdefault(ex.kind, []).append(check_reply(ex, r))

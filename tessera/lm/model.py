@@ -256,7 +256,7 @@ class _FusedWeight:
         if (
             self.weight is None
             or len(weights) != len(self.sources)
-            or any(w is not s for w, s in zip(weights, self.sources))
+            or any(w is not s for w, s in zip(weights, self.sources, strict=True))
             or tuple(w._version for w in weights) != self.versions
             or self.weight.dtype != weights[0].dtype
             or self.weight.device != weights[0].device
@@ -509,7 +509,7 @@ class KVCache:
         key_pos, plans = {}, {}
         for kind, slots in self.slots.items():
             plans[kind], key_pos[kind] = slots.advance(pos)
-        for kind, layer in zip(self.kinds, self.layers):
+        for kind, layer in zip(self.kinds, self.layers, strict=True):
             layer.plan = plans[kind]
         return key_pos
 

@@ -450,7 +450,7 @@ class ChatEncoder:
         """(ids, modality per token) for `pack_documents`: only model-turn tokens are targets (others SKIP)."""
         enc = self(messages)
         lo, hi = self.vocab.code_range("image")
-        mods = [(IMAGE if lo <= t < hi else TEXT) if m else SKIP for t, m in zip(enc.ids, enc.target_mask)]
+        mods = [(IMAGE if lo <= t < hi else TEXT) if m else SKIP for t, m in zip(enc.ids, enc.target_mask, strict=True)]
         return enc.ids, mods
 
 

@@ -60,7 +60,7 @@ def _features(texts: Sequence[str], dim: int) -> torch.Tensor:
     x = torch.zeros(len(texts), dim)
     for i, t in enumerate(texts):
         words = _WORD.findall(t.lower())
-        grams = words + [a + " " + b for a, b in zip(words, words[1:])]
+        grams = words + [a + " " + b for a, b in zip(words, words[1:], strict=False)]
         for g in grams:
             x[i, zlib.crc32(g.encode()) % dim] += 1.0
     return x
@@ -136,7 +136,7 @@ class SafetyFilter:
         if where not in ("input", "output"):
             raise ValueError(f"where must be 'input' or 'output', got {where!r}")
         low = text.lower()
-        for pattern, phrase in zip(self._block, self.config.blocklist):
+        for pattern, phrase in zip(self._block, self.config.blocklist, strict=True):
             if pattern.search(low):
                 return Verdict(True, f"blocklist: {phrase!r}", 1.0)
         if self.classifier is None or not _WORD.search(low):

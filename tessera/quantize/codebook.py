@@ -94,7 +94,7 @@ class Codebook(nn.Module):
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # Codes and statistics stay fp32 under module.half()/.to(bf16): EMA sums in low precision lose small updates.
         super()._apply(fn, recurse)
-        for name, t in list(self._buffers.items()) + list(self._parameters.items()):
+        for t in list(self._buffers.values()) + list(self._parameters.values()):
             if t is not None and t.is_floating_point() and t.dtype != torch.float32:
                 t.data = t.data.float()
         return self

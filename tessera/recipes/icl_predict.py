@@ -170,13 +170,15 @@ class PredictResult:
         return [self.classes[i] for i in self.probs.argmax(1)]
 
     def accuracy(self) -> float | None:
-        known = [(p, t) for p, t in zip(self.labels, self.truth) if t is not None and t in self.classes]
+        known = [(p, t) for p, t in zip(self.labels, self.truth, strict=True) if t is not None and t in self.classes]
         return None if not known else float(np.mean([p == t for p, t in known]))
 
     def rows(self) -> list[dict]:
         return [
-            {"file": str(f), "label": lab, "probabilities": {c: round(float(v), 6) for c, v in zip(self.classes, pr)}, **({"truth": t} if t else {})}
-            for f, lab, pr, t in zip(self.files, self.labels, self.probs, self.truth)
+            {"file": str(f), "label": lab,
+             "probabilities": {c: round(float(v), 6) for c, v in zip(self.classes, pr, strict=True)},
+             **({"truth": t} if t else {})}
+            for f, lab, pr, t in zip(self.files, self.labels, self.probs, self.truth, strict=True)
         ]
 
     def to_json(self, meta: dict) -> str:
@@ -186,7 +188,7 @@ class PredictResult:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["file", "label", *[f"p({c})" for c in self.classes]])
-        for f, lab, pr in zip(self.files, self.labels, self.probs):
+        for f, lab, pr in zip(self.files, self.labels, self.probs, strict=True):
             w.writerow([str(f), lab, *[f"{float(v):.6f}" for v in pr]])
         return buf.getvalue()
 

@@ -221,8 +221,8 @@ class PairBatches:
 
     def rows(self, pairs) -> dict[str, torch.Tensor]:
         prompts = [self.encoder(p.prompt, add_generation_prompt=True).ids for p in pairs]
-        chosen = [(q, self.encoder.reply_ids(p.chosen)) for q, p in zip(prompts, pairs)]
-        rejected = [(q, self.encoder.reply_ids(p.rejected)) for q, p in zip(prompts, pairs)]
+        chosen = [(q, self.encoder.reply_ids(p.chosen)) for q, p in zip(prompts, pairs, strict=True)]
+        rejected = [(q, self.encoder.reply_ids(p.rejected)) for q, p in zip(prompts, pairs, strict=True)]
         return response_batch(chosen + rejected)
 
     def __call__(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
@@ -264,7 +264,7 @@ def pairwise_accuracy(reward: RewardModel, batches: PairBatches, pairs) -> dict[
         chunk = pairs[s : s + 16]
         b = batches.rows(chunk)
         rc, rr = _halves(reward(b["input_ids"].to(device), b["attention_mask"].to(device)))
-        for p, c, r in zip(chunk, rc.tolist(), rr.tolist()):
+        for p, c, r in zip(chunk, rc.tolist(), rr.tolist(), strict=True):
             hits.setdefault(p.kind, []).append(float(c > r))
     out = {"pairwise_accuracy": float(np.mean([h for v in hits.values() for h in v]))}
     out.update({f"pairwise_accuracy/{k}": float(np.mean(v)) for k, v in hits.items()})
@@ -356,7 +356,7 @@ class RLOOModule(nn.Module):
         samples = sample_replies(self.model, self.vocab, prompts, n=s.k, sampling=SamplingConfig(temperature=s.temperature),
                                  max_new_tokens=s.max_new_tokens, generator=gen)
         end = [self.vocab.token_id("<end_of_turn>")]
-        rows = [(p, r or end) for p, rs in zip(prompts, samples) for r in rs]
+        rows = [(p, r or end) for p, rs in zip(prompts, samples, strict=True) for r in rs]
         batch = {k: v.to(device) for k, v in response_batch(rows).items()}
         logp = sequence_logps(self.model, batch).view(len(prompts), s.k)
         with torch.no_grad():

@@ -108,7 +108,7 @@ def all_reduce_mean(values: dict[str, float], runtime: Runtime) -> dict[str, flo
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_collective_device(runtime))
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     t /= runtime.world_size
-    return {k: float(v) for k, v in zip(keys, t.tolist())}
+    return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
 
 
 def _collective_device(runtime: Runtime) -> torch.device:

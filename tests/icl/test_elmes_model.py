@@ -62,27 +62,27 @@ def _episode(b=2, way=4, shot=3, q=7, d=32):
 @pytest.mark.parametrize("attention", ["exact", "amortized"])
 def test_batched_equals_per_query_loop(attention):
     m = _model(attention)
-    s, l, q = _episode()
+    s, labels, q = _episode()
     with torch.no_grad():
-        fast = m(s, l, q).logits
-        ref = m.forward_per_query(s, l, q).logits
+        fast = m(s, labels, q).logits
+        ref = m.forward_per_query(s, labels, q).logits
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     if attention == "exact":
-        torch.testing.assert_close(fast, m.forward_copied(s, l, q).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast, m.forward_copied(s, labels, q).logits, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("attention", ["exact", "amortized"])
 def test_support_order_and_query_order_invariance(attention):
     m = _model(attention)
-    s, l, q = _episode(b=1)
+    s, labels, q = _episode(b=1)
     with torch.no_grad():
-        base = m(s, l, q).logits
+        base = m(s, labels, q).logits
         perm = torch.randperm(s.shape[1])
-        torch.testing.assert_close(m(s[:, perm], l[:, perm], q).logits, base, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m(s[:, perm], labels[:, perm], q).logits, base, atol=1e-5, rtol=1e-5)
         qperm = torch.randperm(q.shape[1])
-        torch.testing.assert_close(m(s, l, q[:, qperm]).logits, base[:, qperm], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m(s, labels, q[:, qperm]).logits, base[:, qperm], atol=1e-5, rtol=1e-5)
         # A query's prediction does not depend on which other queries share its batch.
-        torch.testing.assert_close(m(s, l, q[:, :1]).logits, base[:, :1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m(s, labels, q[:, :1]).logits, base[:, :1], atol=1e-5, rtol=1e-5)
 
 
 def test_class_relabelling_invariance_through_first_appearance_mapping():
@@ -90,8 +90,8 @@ def test_class_relabelling_invariance_through_first_appearance_mapping():
     from tessera.icl.episodes import first_appearance_labels
 
     m = _model()
-    s, l, q = _episode(b=1)
-    names_a = [["cat", "dog", "owl", "emu"][i] for i in l[0].tolist()]
+    s, labels, q = _episode(b=1)
+    names_a = [["cat", "dog", "owl", "emu"][i] for i in labels[0].tolist()]
     names_b = [{"cat": 7, "dog": 3, "owl": 11, "emu": 0}[n] for n in names_a]
     outs = []
     for names in (names_a, names_b):
@@ -106,9 +106,9 @@ def test_class_relabelling_invariance_through_first_appearance_mapping():
 def test_way_below_max_masks_unused_logits_and_any_shot_works():
     m = _model()
     for way, shot in [(2, 1), (3, 4), (5, 2)]:
-        s, l, q = _episode(b=1, way=way, shot=shot)
+        s, labels, q = _episode(b=1, way=way, shot=shot)
         with torch.no_grad():
-            lg = m(s, l, q).logits
+            lg = m(s, labels, q).logits
         assert lg.shape == (1, 7, 5)
         assert torch.isinf(lg[..., way:]).all() and torch.isfinite(lg[..., :way]).all()
         assert (torch.softmax(lg, -1)[..., way:] == 0).all()
@@ -116,30 +116,30 @@ def test_way_below_max_masks_unused_logits_and_any_shot_works():
 
 def test_batches_with_different_ways_are_masked_per_episode():
     m = _model()
-    s, l, q = _episode(b=2, way=4)
-    l[1] = l[1] % 2  # second episode is 2-way
+    s, labels, q = _episode(b=2, way=4)
+    labels[1] = labels[1] % 2  # second episode is 2-way
     with torch.no_grad():
-        lg = m(s, l, q).logits
+        lg = m(s, labels, q).logits
     assert torch.isinf(lg[0, :, 4:]).all() and torch.isfinite(lg[0, :, :4]).all()
     assert torch.isinf(lg[1, :, 2:]).all() and torch.isfinite(lg[1, :, :2]).all()
 
 
 def test_bad_inputs_raise():
     m = _model()
-    s, l, q = _episode(b=1)
+    s, labels, q = _episode(b=1)
     with pytest.raises(ValueError, match="at most 5 classes"):
-        m(s, l + 2, q)
+        m(s, labels + 2, q)
     with pytest.raises(ValueError, match="feature_dim"):
-        m(s[..., :16], l, q[..., :16])
+        m(s[..., :16], labels, q[..., :16])
     with pytest.raises(TypeError, match="integers"):
-        m(s, l.float(), q)
+        m(s, labels.float(), q)
 
 
 def test_gradients_reach_every_trainable_parameter_but_not_elmes():
     m = _model()
     m.train()
-    s, l, q = _episode()
-    m(s, l, q).logits[..., :4].logsumexp(-1).sum().backward()
+    s, labels, q = _episode()
+    m(s, labels, q).logits[..., :4].logsumexp(-1).sum().backward()
     assert m.label_vectors.grad is None and not m.label_vectors.requires_grad
     for name, p in m.named_parameters():
         if p.requires_grad:
@@ -153,13 +153,13 @@ def test_learned_label_option_is_trainable():
 
 def test_checkpoint_roundtrip_and_mismatch(tmp_path):
     m = _model()
-    s, l, q = _episode()
+    s, labels, q = _episode()
     m.save_pretrained(tmp_path / "c", extractor="tessera-resnet-debug", metadata={"k": 1})
     m2, doc = CAML.from_pretrained(tmp_path / "c")
     assert doc["extractor"] == "tessera-resnet-debug"
     torch.testing.assert_close(m2.label_vectors, m.label_vectors)  # ELMES rebuilt exactly
     with torch.no_grad():
-        torch.testing.assert_close(m2(s, l, q).logits, m(s, l, q).logits, atol=5e-2, rtol=5e-2)
+        torch.testing.assert_close(m2(s, labels, q).logits, m(s, labels, q).logits, atol=5e-2, rtol=5e-2)
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     cfg["config"]["num_layers"] = 3
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
@@ -174,10 +174,11 @@ def test_feature_norm_center_is_saved_in_full_precision(tmp_path):
     m = _model()
     center = torch.randn(32) * 3.3333
     m.feature_norm.set_center(center)
-    s, l, q = _episode()
+    s, labels, q = _episode()
     with torch.no_grad():
         # CL2N makes the model invariant to the features' scale around the centre.
-        torch.testing.assert_close(m(center + 7 * (s - center), l, center + 7 * (q - center)).logits, m(s, l, q).logits, atol=1e-4, rtol=1e-4)
+        scaled = m(center + 7 * (s - center), labels, center + 7 * (q - center)).logits
+        torch.testing.assert_close(scaled, m(s, labels, q).logits, atol=1e-4, rtol=1e-4)
     m.save_pretrained(tmp_path / "c")
     m2, _ = CAML.from_pretrained(tmp_path / "c")
     assert torch.equal(m2.feature_norm.center, center)

@@ -46,9 +46,9 @@ def test_fixed_episodes_are_reproducible_and_method_independent():
     labels = np.repeat(np.arange(12), 10)
     a = fixed_episodes(labels, 5, 1, 5, 20, seed=7)
     b = fixed_episodes(labels, 5, 1, 5, 20, seed=7)
-    assert all((x.support == y.support).all() and (x.query == y.query).all() for x, y in zip(a, b))
+    assert all((x.support == y.support).all() and (x.query == y.query).all() for x, y in zip(a, b, strict=True))
     c = fixed_episodes(labels, 5, 1, 5, 20, seed=8)
-    assert any((x.support != y.support).any() for x, y in zip(a, c))
+    assert any((x.support != y.support).any() for x, y in zip(a, c, strict=True))
 
 
 def test_too_few_classes_is_a_clear_error():
@@ -60,7 +60,7 @@ def test_split_assignment_is_stable_and_disjoint():
     keys = [f"k{i}" for i in range(100)]
     s1 = assign_splits(keys, (0.6, 0.2, 0.2), "x")
     s2 = assign_splits(list(reversed(keys)), (0.6, 0.2, 0.2), "x")
-    assert dict(zip(keys, s1)) == dict(zip(reversed(keys), s2))
+    assert dict(zip(keys, s1, strict=True)) == dict(zip(reversed(keys), s2, strict=True))
     assert s1.count("train") == 60 and s1.count("val") == 20
 
 

@@ -79,7 +79,7 @@ def test_sft_targets_are_exactly_the_model_turns(vocab, corpus):
     # The same holds in packed training batches: every target position lies inside a model turn.
     b = SFTBatches(corpus, vocab, 256, 2, seed=1)(0)
     start, end = vocab.token_id("<start_of_turn>"), end_of_turn_id(vocab)
-    for row_ids, row_t in zip(b["input_ids"], b["targets"]):
+    for row_ids, row_t in zip(b["input_ids"], b["targets"], strict=True):
         role_model = torch.zeros_like(row_ids, dtype=torch.bool)
         model_id = vocab.encode_text("model\n")
         inside = False

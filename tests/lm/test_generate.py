@@ -32,7 +32,7 @@ def test_constrained_decoding_writes_a_well_formed_image_block(vocab, image_toke
 
 
 def test_prompt_ending_inside_a_block_continues_it(vocab, image_tokenizer):
-    proc = Processor(vocab, image_tokenizer)
+    Processor(vocab, image_tokenizer)  # raises unless the fixtures agree on the image codebook size
     model = _model(vocab)
     lo = vocab.image_offset
     prompt = torch.tensor([[vocab.bos_id, vocab.boi_id] + [lo + 1] * 10])

@@ -33,7 +33,7 @@ def test_best_of_n_returns_the_highest_reward_sample(vocab, models):
     out = best_of_n(policy, reward, vocab, prompts, n=5, sampling=SamplingConfig(temperature=1.5), max_new_tokens=6,
                     generator=torch.Generator().manual_seed(0))
     assert len(out) == 3
-    for p, o in zip(prompts, out):
+    for p, o in zip(prompts, out, strict=True):
         assert len(o.replies) == 5 and len({tuple(r) for r in o.replies}) > 1  # the samples differ
         rescored = reward.score([(p, r) for r in o.replies])
         assert rescored.tolist() == pytest.approx(o.rewards, abs=1e-5)  # batched scores = scores one by one
@@ -56,7 +56,7 @@ def test_routed_cot_falls_back_to_greedy_under_disagreement(vocab, models):
     greedy = sample_replies(policy, vocab, prompts, n=1, max_new_tokens=6)
     out = routed_cot(policy, vocab, prompts, extract, k=6, threshold=0.99, sampling=SamplingConfig(temperature=2.0),
                      max_new_tokens=6, generator=torch.Generator().manual_seed(0))
-    for g, r in zip(greedy, out):
+    for g, r in zip(greedy, out, strict=True):
         assert r.agreement < 0.99 and r.route == "greedy"
         assert r.reply == g[0] and r.answer == extract(vocab.decode_text(g[0]))
     # With threshold 0 the majority always wins (and agrees with one of the samples).

@@ -31,7 +31,7 @@ def test_dpo_loss_equals_its_formula_on_hand_made_log_probs():
     beta = 0.5
     terms = dpo_loss(pc, pr, rc, rr, beta)
     expected = []
-    for a, b, c, d in zip(pc.tolist(), pr.tolist(), rc.tolist(), rr.tolist()):
+    for a, b, c, d in zip(pc.tolist(), pr.tolist(), rc.tolist(), rr.tolist(), strict=True):
         expected.append(-_log_sigmoid(beta * ((a - c) - (b - d))))  # Rafailov et al. 2023, eq. 7
     assert terms.loss.item() == pytest.approx(sum(expected) / 3, rel=1e-6)
     assert terms.chosen_reward.tolist() == pytest.approx([beta * 1.0, beta * -2.0, beta * 0.5])

@@ -15,7 +15,8 @@ from tessera.quantize import rotation_trick, straight_through
 def reference_grad(e: torch.Tensor, q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """lambda R^T g with R built explicitly as a D x D matrix (float64), one row at a time."""
     out = []
-    for ei, qi, gi in zip(e.reshape(-1, e.shape[-1]), q.reshape(-1, q.shape[-1]), g.reshape(-1, g.shape[-1])):
+    for ei, qi, gi in zip(e.reshape(-1, e.shape[-1]), q.reshape(-1, q.shape[-1]), g.reshape(-1, g.shape[-1]),
+                          strict=True):
         eh, qh = ei / ei.norm(), qi / qi.norm()
         r = (eh + qh) / (eh + qh).norm()
         eye = torch.eye(ei.numel(), dtype=torch.float64)
@@ -45,7 +46,7 @@ def test_rotation_matches_explicit_matrix_float64(d):
     assert torch.equal(out, q)
     torch.testing.assert_close(grad, reference_grad(e, q, g), rtol=1e-9, atol=1e-12)
     # The forward map lambda R e itself reproduces q (the paper's construction).
-    for ei, qi in zip(e.reshape(-1, d), q.reshape(-1, d)):
+    for ei, qi in zip(e.reshape(-1, d), q.reshape(-1, d), strict=True):
         eh, qh = ei / ei.norm(), qi / qi.norm()
         r = (eh + qh) / (eh + qh).norm()
         rot = torch.eye(d, dtype=torch.float64) - 2 * torch.outer(r, r) + 2 * torch.outer(qh, eh)
@@ -118,14 +119,14 @@ def test_edge_cases_forward_exact_gradient_finite(dtype):
     out, grad = _grad(rotation_trick, e, q, g)
     assert out.dtype == dtype and grad.dtype == dtype
     assert torch.equal(out, q), "forward value must be q for every row"
-    assert torch.isfinite(grad).all(), [n for n, ok in zip(names, torch.isfinite(grad).all(-1)) if not ok]
+    assert torch.isfinite(grad).all(), [n for n, ok in zip(names, torch.isfinite(grad).all(-1), strict=True) if not ok]
 
 
 def test_degenerate_rows_fall_back_to_straight_through():
     e, q, names = _edge_rows()
     g = torch.randn(e.shape)
     _, grad = _grad(rotation_trick, e, q, g)
-    for name, gr, gi in zip(names, grad, g):
+    for name, gr, gi in zip(names, grad, g, strict=True):
         if name in ("e == 0", "q == 0", "both zero", "antiparallel", "tiny e", "tiny q"):
             assert torch.equal(gr, gi), name
     # Parallel and equal rows are proper rotations (identity) scaled by |q|/|e|.

@@ -16,7 +16,8 @@ def _patches(n: int, size: int = 8) -> torch.Tensor:
     rng = np.random.default_rng(0)
     ys = rng.integers(0, img.shape[0] - size, n)
     xs = rng.integers(0, img.shape[1] - size, n)
-    return torch.from_numpy(np.stack([img[y : y + size, x : x + size] for y, x in zip(ys, xs)])).unsqueeze(1)
+    patches = [img[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)]
+    return torch.from_numpy(np.stack(patches)).unsqueeze(1)
 
 
 class TinyVQAE(nn.Module):

@@ -57,7 +57,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     ddp_rows = [r for r in read_metrics_csv(tmp_path / "ddp" / "metrics.csv") if "loss" in r]
     one_rows = [r for r in read_metrics_csv(tmp_path / "single" / "metrics.csv") if "loss" in r]
     assert len(ddp_rows) == len(one_rows) == CFG.steps // CFG.log_every
-    for a, b in zip(ddp_rows, one_rows):
+    for a, b in zip(ddp_rows, one_rows, strict=True):
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(b["loss"])), (a, b)
 
 

@@ -91,7 +91,7 @@ def test_resume_reproduces_uninterrupted_run_bitwise(tmp_path):
     with pytest.warns(UserWarning, match="model.safetensors"):
         res = fit(resumed, CFG, OPT, tmp_path / "part", resume=True)
     assert res.resumed_from == 20
-    for (k, a), (_, b) in zip(full.module.state_dict().items(), resumed.module.state_dict().items()):
+    for (k, a), (_, b) in zip(full.module.state_dict().items(), resumed.module.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     full_rows = read_metrics_csv(tmp_path / "full" / "metrics.csv")
     part_rows = read_metrics_csv(tmp_path / "part" / "metrics.csv")
@@ -110,7 +110,7 @@ def test_grad_accumulation_matches_big_batch_with_sum_normalisation(tmp_path):
     acc.module.drop.p = 0.0
     fit(acc, dataclasses.replace(cfg, grad_accum=4), opt, tmp_path / "acc")
     # Same items per step (stream positions coincide), same loss normalisation -> same weights up to float rounding.
-    for (k, a), (_, b) in zip(big.module.state_dict().items(), acc.module.state_dict().items()):
+    for (k, a), (_, b) in zip(big.module.state_dict().items(), acc.module.state_dict().items(), strict=True):
         if a.is_floating_point():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
 
@@ -146,7 +146,7 @@ def test_sampler_shards_without_overlap():
     s = EpochSampler(100, 8, grad_accum=2, seed=3)
     one = [s.indices(st, m, 0, 1) for st in range(20) for m in range(2)]
     two = [torch.cat([torch.from_numpy(s.indices(st, m, r, 2)) for r in range(2)]).numpy() for st in range(20) for m in range(2)]
-    assert all((a == b).all() for a, b in zip(one, two))
+    assert all((a == b).all() for a, b in zip(one, two, strict=True))
     first_epoch = torch.from_numpy(__import__("numpy").concatenate(one))[:96]
     assert len(set(first_epoch.tolist())) == 96  # no repeats within an epoch
     with pytest.raises(ValueError, match="divisible"):

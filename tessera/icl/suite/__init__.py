@@ -168,7 +168,8 @@ def _build_glyphs(cfg: SuiteConfig, held_out: bool, progress: bool):
         "scripts": {s: len(v) for s, v in scripts.items()},
         "num_fonts": len(faces),
         "font_dirs": dirs,
-        "classes": [{"name": nm, "char": ch, "faces": [f.key for f in fs]} for nm, (_, ch, fs) in zip(names, classes)],
+        "classes": [{"name": nm, "char": ch, "faces": [f.key for f in fs]}
+                    for nm, (_, ch, fs) in zip(names, classes, strict=True)],
     }
     return images, labels, names, split_keys, meta
 
@@ -335,7 +336,7 @@ def build_suite(
             continue
         images, labels, class_names, split_keys, meta = built
         uniq = sorted(set(split_keys))
-        key_split = dict(zip(uniq, assign_splits(uniq, info.fractions, salt=f"{name}/{cfg.seed}")))
+        key_split = dict(zip(uniq, assign_splits(uniq, info.fractions, salt=f"{name}/{cfg.seed}"), strict=True))
         class_split = [key_split[k] for k in split_keys]
         meta.update(role=info.role, description=info.description, class_split=class_split, build_seconds=round(time.time() - t0, 1),
                     missing_debian_packages=missing_deb)

@@ -159,12 +159,12 @@ def picture_regions(found: list[tuple[PictureSource, Path]], short_side: int, ce
         top0, left0 = (h - rows * cell) // 2, (w - cols * cell) // 2
         for r in range(rows):
             for c in range(cols):
-                t, l = top0 + r * cell, left0 + c * cell
-                patch = pic[t : t + cell, l : l + cell]
+                t, left = top0 + r * cell, left0 + c * cell
+                patch = pic[t : t + cell, left : left + cell]
                 # Flat cells (sky, blur, vector fills) cannot be told apart from each other: not a class.
                 if float(patch.mean(axis=2).std()) < min_std:
                     continue
-                regions.append(Region(src, pic, (t, l, cell, cell)))
+                regions.append(Region(src, pic, (t, left, cell, cell)))
     return regions
 
 
@@ -183,11 +183,11 @@ def picture_classes(found: list[tuple[PictureSource, Path]], short_side: int) ->
 
 def render_picture_crop(region: Region, rng: np.random.Generator, resolution: int, scale: tuple[float, float], min_std: float) -> np.ndarray:
     """A crop of side `scale` x the picture's shorter side from anywhere in it, avoiding flat crops (up to 20 tries)."""
-    t, l, h, w = region.box
+    t, left, h, w = region.box
     for _ in range(20):
         side = int(round(rng.uniform(*scale) * min(h, w)))
         y = t + int(rng.integers(0, h - side + 1))
-        x = l + int(rng.integers(0, w - side + 1))
+        x = left + int(rng.integers(0, w - side + 1))
         patch = region.picture[y : y + side, x : x + side]
         if float(patch.mean(axis=2).std()) >= min_std:
             break
@@ -200,10 +200,10 @@ def render_picture_crop(region: Region, rng: np.random.Generator, resolution: in
 
 def render_crop(region: Region, rng: np.random.Generator, resolution: int) -> np.ndarray:
     """A random crop inside the region: side 55-100% of the cell, random position, mirror, brightness/contrast jitter."""
-    t, l, h, w = region.box
+    t, left, h, w = region.box
     side = int(round(rng.uniform(0.55, 1.0) * min(h, w)))
     y = t + int(rng.integers(0, h - side + 1))
-    x = l + int(rng.integers(0, w - side + 1))
+    x = left + int(rng.integers(0, w - side + 1))
     patch = region.picture[y : y + side, x : x + side]
     if rng.random() < 0.5:
         patch = patch[:, ::-1]
