@@ -259,6 +259,23 @@ def test_ties_go_to_lowest_index():
     assert nearest_codes(torch.tensor([[1.0, 0.0]]), codes).tolist() == [0]
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_codebooks_larger_than_one_cpu_block_search_exactly_and_keep_the_lowest_tie(distance):
+    from tessera.quantize.search import CPU_CODE_BLOCK
+
+    torch.manual_seed(6)
+    k = 2 * CPU_CODE_BLOCK + 123  # three code blocks, the last one partial
+    x, codes = torch.randn(300, 8), torch.randn(k, 8)
+    if distance == "cosine":
+        x, codes = torch.nn.functional.normalize(x, dim=-1), torch.nn.functional.normalize(codes, dim=-1)
+    got = nearest_codes(x, codes, distance=distance)
+    brute = torch.cdist(x.double(), codes.double()).argmin(-1) if distance == "euclidean" else (x.double() @ codes.double().T).argmax(-1)
+    assert (got == brute).float().mean() > 0.995  # fp32 vs fp64 near-ties aside
+    # The same exact code in the first and in the last block: the first one wins.
+    codes[7], codes[k - 1] = x[0], x[0]
+    assert int(nearest_codes(x[:1], codes, distance=distance)) == 7
+
+
 def test_usage_and_perplexity_helpers():
     idx = torch.tensor([0, 0, 1, 3, -1])
     torch.testing.assert_close(code_usage(idx, 8), torch.tensor(3 / 8))
