@@ -178,6 +178,8 @@ def _merge_earlier_sizes(path: Path, meta: dict, results: dict) -> dict:
     meta["wall_s"] += old.get("wall_s", 0.0)
     meta["timings_s"] = {**old.get("timings_s", {}), **meta["timings_s"]}
     meta["command"] += f" (sizes {', '.join(merged)} from an earlier run of the same profile and setup)"
+    meta["earlier"] = old.get("earlier") or {"sizes": list(merged), "command": old.get("command", "?"),
+                                             "machine": old.get("machine", {})}
     merged.update(results)
     return {size: merged[size] for size in SIZES if size in merged}
 
@@ -197,6 +199,16 @@ def _same_setup(old: dict, new: dict) -> bool:
     return data(old.get("data", {}), keys) == data(new.get("data", {}), keys)
 
 
+def _earlier_note(meta: dict) -> str:
+    earlier = meta.get("earlier")
+    if not earlier:
+        return ""
+    load = earlier.get("machine", {}).get("load_average_before", [float("nan")])[0]
+    after = earlier.get("machine", {}).get("load_average_after", [float("nan")])[0]
+    return (f" Columns {', '.join(earlier['sizes'])} come from `{earlier['command']}`, load average before/after "
+            f"{load:.1f} / {after:.1f}" + (" (shared machine: their train times are inflated)" if load > 1.5 else "") + ".")
+
+
 def _pct(x: float) -> str:
     return "-" if x is None or x != x else f"{100 * x:.1f}"
 
@@ -208,11 +220,12 @@ def render(meta: dict, results: dict) -> str:
     lines = [
         "# Multimodal decoders: captioning, VQA, caption-to-image and few-shot learning (nano / pro / ultra)",
         "",
-        f"Command: `{meta['command']}` ({meta['profile']} profile). Wall time {meta['wall_s'] / 60:.1f} min on "
+        f"Command: `{meta['command']}` ({meta['profile']} profile). Wall time {meta['wall_s'] / 60:.1f} min"
+        + (" (summed over the runs that made the columns)" if "earlier run" in meta["command"] else "") + " on "
         f"{meta['machine']['cpu_count']} CPUs ({meta['machine']['torch_threads']} torch threads), torch {meta['versions']['torch']}. "
         f"Load average before/after {meta['machine']['load_average_before'][0]:.1f} / {meta['machine']['load_average_after'][0]:.1f}"
         + (" (shared machine: other jobs ran concurrently, so times are inflated)" if meta['machine']['load_average_before'][0] > 1.5 else "")
-        + ".",
+        + "." + _earlier_note(meta),
         "",
         "## Setup",
         "",
