@@ -219,6 +219,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"), help="output folder")
     parser.add_argument("--memory-limit-gib", type=float, default=20.0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads in every measuring process (0: torch's default, one per core)")
     parser.add_argument("--worker", nargs=5, metavar=("METHOD", "N", "D", "K", "REPEATS"), help=argparse.SUPPRESS)
     parser.add_argument("--search-worker", nargs=4, metavar=("N", "D", "K", "REPEATS"), help=argparse.SUPPRESS)
     parser.add_argument("--matmul-worker", type=int, help=argparse.SUPPRESS)
@@ -235,6 +237,11 @@ def main() -> None:
         print(json.dumps(_matmul_worker(args.matmul_worker)))
         return
 
+    if args.threads > 0:  # the worker processes inherit it; torch reads it at start-up
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
     t0 = time.time()
     load_start = os.getloadavg()
     limit = int(args.memory_limit_gib * 2**30)
@@ -270,7 +277,7 @@ def main() -> None:
                 gib = row[meth]["peak_extra_bytes"] / 2**30
                 targets.append({"name": f"{meth} extra memory <= 2 GiB at {shape}", "met": gib <= 2, "detail": f"{gib:.2f} GiB"})
     report = {
-        "command": "python benchmarks/quantizer_speed.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/quantizer_speed.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "wall_s": time.time() - t0,
         "machine": _machine(),

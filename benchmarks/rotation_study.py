@@ -630,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
 def runtime_notes(agg: dict[str, Any], profile: str, workers: int, wall: float) -> list[str]:
     total = sum(v["seconds"] * len(v["seeds"]) for ests in agg.values() for v in ests.values())
     notes = [f"- This profile ({profile}): {wall:.1f} min wall, {total / 60:.1f} min of summed run time over {workers} worker(s)."]
+    if workers == 1:
+        notes.append(f"- With `--workers 2` on 2 cores the same runs take about {total / 2 / 60:.1f} min (summed run time / 2; "
+                     "an estimate: this run used one worker so that a second job could use the other core).")
     if profile != "full":
         q, f = PROFILES[profile], PROFILES["full"]
         scale = (f["steps"] * f["batch"]) / (q["steps"] * q["batch"]) * (f["seeds"] / q["seeds"])
