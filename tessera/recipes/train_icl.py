@@ -51,6 +51,7 @@ class ModelSection:
     max_way: int | None = None  # override the preset's maximum way
     num_layers: int | None = None
     label_dim: int | None = None
+    num_heads: int | None = None  # e.g. when feature_dim + label_dim is not divisible by the preset's heads
 
 
 @dataclass
@@ -104,7 +105,7 @@ def model_config(cfg: TrainICLConfig, feature_dim: int) -> Any:
         from tessera.icl.model import CAMLConfig
 
         over: dict[str, Any] = {"feature_dim": feature_dim, "label_encoder": m.label_encoder, "attention": m.attention}
-        for k in ("max_way", "num_layers", "label_dim"):
+        for k in ("max_way", "num_layers", "label_dim", "num_heads"):
             if getattr(m, k) is not None:
                 over[k] = getattr(m, k)
         return CAMLConfig.from_name(m.preset, **over)

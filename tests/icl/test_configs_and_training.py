@@ -20,6 +20,12 @@ def test_icl_run_files_load(path):
     cfg = load_config(TrainICLConfig, path)
     assert cfg.train.steps >= 1
     assert path.read_text().startswith("#") and "tessera icl train --config" in path.read_text()
+    # The model must build for its extractor's feature size (a pixels-8 CAML once failed here after the other runs
+    # had trained for an hour: 192 + 64 is not divisible by the preset's 5 heads).
+    from tessera.features import load_extractor
+    from tessera.recipes.train_icl import model_config
+
+    model_config(cfg, load_extractor(cfg.data.extractor).embed_dim)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "features").glob("*.yaml")), ids=lambda p: p.name)
