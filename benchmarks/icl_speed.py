@@ -180,7 +180,7 @@ def main() -> None:
         "- `amortized`: support encoded once per episode; a different model trained with its own mask.",
         "",
     ]
-    if gap:
+    if gap and gap.get("rows"):
         lines.append("Accuracy of the two trained models on the universal suite (from docs/results/icl_universal.md):")
         lines.append("")
         lines.append("| setting | exact | amortized | difference (points) |")

@@ -254,7 +254,7 @@ def main() -> None:  # noqa: C901 - a report script, read top to bottom
                 key = f"{name}/5w{shot}s"
                 _, eps = episodes_by[key]
                 cell = {"ProtoNet": mean_ci(run_method(bl.protonet, es_e, eps))}
-                cell["CAML-xs"] = mean_ci(run_caml(got[0][0], es_e, eps)[0]) if got else None
+                cell["CAML-xs"] = mean_ci(run_caml(got[0], es_e, eps)[0]) if got else None
                 extractor_rows.setdefault(ename, {"model": where})[key] = cell
 
     # Paper benchmarks, when their folders are present.
