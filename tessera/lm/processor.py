@@ -511,3 +511,24 @@ def _fit(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         y0 = (H - new_h) // 2
         image = image[:, y0 : y0 + new_h]
     return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+
+
+def place_images(prompt: str, images: list[Any], attached: str = "images were attached") -> list[Any]:
+    """Interleave `images` into `prompt` at its `<image>` markers (no markers: images first, then the text).
+
+    Raises:
+        ValueError: the marker count is neither 0 nor the number of images (`attached` names them in the message).
+    """
+    parts = prompt.split("<image>")
+    markers = len(parts) - 1
+    if markers not in (0, len(images)):
+        raise ValueError(f"the prompt has {markers} <image> markers but {len(images)} {attached}")
+    if markers == 0:
+        return [*images, prompt] if prompt else list(images)
+    items: list[Any] = []
+    for i, text in enumerate(parts):
+        if text:
+            items.append(text)
+        if i < len(images):
+            items.append(images[i])
+    return items

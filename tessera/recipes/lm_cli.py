@@ -218,18 +218,9 @@ def _image_items(prompt: str, image_paths: list[str]) -> list:
                 images.append(im.convert("RGB"))
         except (UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"cannot read image {path}: {exc}") from exc
-    parts = prompt.split("<image>")
-    if len(parts) - 1 not in (0, len(images)):
-        raise ValueError(f"the prompt has {len(parts) - 1} <image> markers but {len(images)} --image files were given")
-    if len(parts) == 1:
-        return [*images, prompt] if prompt else images
-    items: list = []
-    for i, text in enumerate(parts):
-        if text:
-            items.append(text)
-        if i < len(images):
-            items.append(images[i])
-    return items
+    from tessera.lm.processor import place_images
+
+    return place_images(prompt, images, "--image files were given")
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -115,19 +115,9 @@ def select_chat_backend(choice: str, folder: Path) -> tuple[str, Callable[[Path]
 
 
 def _prompt_items(prompt: str, images: list[Any]) -> list[Any]:
-    parts = prompt.split("<image>")
-    markers = len(parts) - 1
-    if markers not in (0, len(images)):
-        raise ValueError(f"the prompt has {markers} <image> markers but {len(images)} images were attached")
-    if markers == 0:
-        return [*images, prompt] if prompt else list(images)
-    items: list[Any] = []
-    for i, text in enumerate(parts):
-        if text:
-            items.append(text)
-        if i < len(images):
-            items.append(images[i])
-    return items
+    from tessera.lm.processor import place_images
+
+    return place_images(prompt, images, "images were attached")
 
 
 class PlainLMBackend:
