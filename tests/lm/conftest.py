@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tessera.lm.processor import Processor
 from tessera.lm.vocab import Vocabulary
 
 
@@ -54,3 +55,16 @@ def vocab() -> Vocabulary:
 @pytest.fixture(scope="session")
 def image_tokenizer() -> PaletteTokenizer:
     return PaletteTokenizer()
+
+
+@pytest.fixture()
+def proc(vocab, image_tokenizer) -> Processor:
+    """A Processor over the stand-in tokenizer, with 4x4 patches (for tests that feed images of any size)."""
+    return Processor(vocab, image_tokenizer, patch_size=4, max_patches=64)
+
+
+def palette_image(seed: int) -> torch.Tensor:
+    """A 32x32 image of flat 4x4 patches in palette centre colours: exactly what `PaletteTokenizer` decodes them to."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 8, (3, 8, 8), generator=g).float().add(0.5).div(8)
+    return q.repeat_interleave(4, 1).repeat_interleave(4, 2)

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from tessera.lm.detokenize import detokenize_stream
-from tessera.lm.processor import Processor
 
-
-@pytest.fixture()
-def proc(vocab, image_tokenizer):
-    return Processor(vocab, image_tokenizer, patch_size=4, max_patches=64)
-
-
-def _flat_image(seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randint(0, 8, (3, 8, 8), generator=g).float().add(0.5).div(8)
-    return q.repeat_interleave(4, 1).repeat_interleave(4, 2)
+from .conftest import palette_image
 
 
 def test_pieces_rebuild_text_and_images_in_order(proc):
-    items = ["naïve café → ∑ 日本", _flat_image(0), " then more"]
+    items = ["naïve café → ∑ 日本", palette_image(0), " then more"]
     ids = proc.encode(items, add_bos=False).ids
     pieces = list(detokenize_stream(iter(ids), proc))
     kinds = [p.kind for p in pieces]
@@ -41,7 +30,7 @@ def test_byte_fallback_characters_are_held_until_complete(proc):
 
 
 def test_stop_token_ends_text_but_not_inside_an_image(proc, vocab):
-    img = proc.encode([_flat_image(1)], add_bos=False).ids  # <boi> codes <eoi>
+    img = proc.encode([palette_image(1)], add_bos=False).ids  # <boi> codes <eoi>
     ids = proc.encode(["ok"], add_bos=False).ids + img + [vocab.eos_id] + proc.encode(["hidden"], add_bos=False).ids
     pieces = list(detokenize_stream(iter(ids), proc, [vocab.eos_id]))
     assert [p.kind for p in pieces][-1] == "image"
@@ -49,6 +38,6 @@ def test_stop_token_ends_text_but_not_inside_an_image(proc, vocab):
 
 
 def test_a_stream_ending_inside_an_image_block_says_how_far_it_got(proc):
-    img = proc.encode([_flat_image(2)], add_bos=False).ids
+    img = proc.encode([palette_image(2)], add_bos=False).ids
     pieces = list(detokenize_stream(iter(img[:11]), proc))
     assert len(pieces) == 1 and pieces[0].kind == "incomplete_image" and pieces[0].codes == 10

@@ -6,23 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tessera.lm.processor import Processor
-
-
-@pytest.fixture()
-def proc(vocab, image_tokenizer):
-    return Processor(vocab, image_tokenizer, patch_size=4, max_patches=64)
-
-
-def _palette_image(seed: int) -> torch.Tensor:
-    # Flat 4x4 patches of palette centre colours: exactly what the stand-in tokenizer decodes them to.
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randint(0, 8, (3, 8, 8), generator=g).float().add(0.5).div(8)
-    return q.repeat_interleave(4, 1).repeat_interleave(4, 2)
+from .conftest import palette_image
 
 
 def test_round_trip_of_interleaved_text_and_images(proc):
-    items = ["caption: a red circle", _palette_image(0), " and then", _palette_image(1), "done."]
+    items = ["caption: a red circle", palette_image(0), " and then", palette_image(1), "done."]
     enc = proc.encode(items, add_bos=True, add_eos=True)
     assert enc.ids[0] == proc.vocab.bos_id and enc.ids[-1] == proc.vocab.eos_id
     assert enc.ids.count(proc.vocab.boi_id) == 2 and len(enc.ids) > 2 * (64 + 2)
