@@ -148,6 +148,14 @@ def create_app(runs_dir: str | Path | None = None, data_dir: str | Path | None =
         except StarletteHTTPException as exc:
             raise ServeError(exc.status_code if exc.status_code < 500 else 400, f"could not read the form: {exc.detail}") from exc
 
+    async def _with_form(request: Request, fn: Callable[[FormData], Awaitable[Any]]) -> Any:
+        """Run fn on the request's form, then close its uploads (spooled temporary files) whatever happened."""
+        form = await _form(request)
+        try:
+            return await fn(form)
+        finally:
+            await form.close()
+
     async def _images(form: FormData, field: str, required: bool = True) -> list[UploadedImage]:
         out = []
         for item in form.getlist(field):
@@ -298,7 +306,7 @@ def create_app(runs_dir: str | Path | None = None, data_dir: str | Path | None =
 
     @app.post("/tokenize", response_class=HTMLResponse, include_in_schema=False)
     async def tokenize_post(request: Request) -> Any:
-        return _page(request, "tokenize.html", {"result": await do_tokenize(await _form(request))})
+        return _page(request, "tokenize.html", {"result": await _with_form(request, do_tokenize)})
 
     @app.get("/fewshot", response_class=HTMLResponse, include_in_schema=False)
     async def fewshot_page(request: Request) -> Any:
@@ -306,7 +314,7 @@ def create_app(runs_dir: str | Path | None = None, data_dir: str | Path | None =
 
     @app.post("/fewshot", response_class=HTMLResponse, include_in_schema=False)
     async def fewshot_post(request: Request) -> Any:
-        return _page(request, "fewshot.html", {"result": await do_fewshot(await _form(request))})
+        return _page(request, "fewshot.html", {"result": await _with_form(request, do_fewshot)})
 
     @app.get("/chat", response_class=HTMLResponse, include_in_schema=False)
     async def chat_page(request: Request) -> Any:
@@ -314,8 +322,10 @@ def create_app(runs_dir: str | Path | None = None, data_dir: str | Path | None =
 
     @app.post("/chat", response_class=HTMLResponse, include_in_schema=False)
     async def chat_post(request: Request) -> Any:
-        form = await _form(request)
-        return _page(request, "chat.html", {"result": await do_chat(form), "prompt": _text(form, "prompt")})
+        async def turn(form: FormData) -> dict[str, Any]:
+            return {"result": await do_chat(form), "prompt": _text(form, "prompt")}
+
+        return _page(request, "chat.html", await _with_form(request, turn))
 
     @app.get("/files/generated/{name}", include_in_schema=False)
     async def generated_file(name: str) -> Any:
@@ -345,14 +355,14 @@ def create_app(runs_dir: str | Path | None = None, data_dir: str | Path | None =
     @app.post("/api/tokenize", tags=["tokenize"], openapi_extra=_with_fields({"image": "binary", "checkpoint": "string"}, ["image"]),
               summary="token grid, reconstruction and per-token codebook usage of one image")
     async def api_tokenize(request: Request) -> dict[str, Any]:
-        return await do_tokenize(await _form(request))
+        return await _with_form(request, do_tokenize)
 
     @app.post("/api/fewshot", tags=["few-shot"],
               openapi_extra=_with_fields({"support": "binary[]", "labels": "string[]", "queries": "binary[]", "checkpoint": "string"},
                                          ["support", "labels", "queries"]),
               summary="CAML's class probabilities for the queries, given labelled support images")
     async def api_fewshot(request: Request) -> dict[str, Any]:
-        return await do_fewshot(await _form(request))
+        return await _with_form(request, do_fewshot)
 
     _chat_fields = {"prompt": "string", "images": "binary[]", "draw": "boolean", "max_new_tokens": "integer", "seed": "integer",
                     "checkpoint": "string"}
@@ -360,12 +370,12 @@ def create_app(runs_dir: str | Path | None = None, data_dir: str | Path | None =
     @app.post("/api/chat", tags=["chat"], openapi_extra=_with_fields(_chat_fields, ["prompt"]),
               summary="one chat turn with the multimodal decoder: text and generated images, all at once")
     async def api_chat(request: Request) -> dict[str, Any]:
-        return await do_chat(await _form(request))
+        return await _with_form(request, do_chat)
 
     @app.post("/api/chat/stream", tags=["chat"], openapi_extra=_with_fields(_chat_fields, ["prompt"]),
               summary="one chat turn streamed as server-sent events (text pieces, images, done)")
     async def api_chat_stream(request: Request) -> Any:
-        backend, req, name, ckpt = await chat_request(await _form(request))
+        backend, req, name, ckpt = await _with_form(request, chat_request)  # the stream needs only the parsed request
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
