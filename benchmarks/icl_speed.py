@@ -189,7 +189,7 @@ def main() -> None:
     t0 = time.time()
     runs = [bench("caml-s", 10 if args.quick else 40)]
     if not args.quick:
-        runs.append(bench("caml-large", 3))
+        runs.append(bench("caml-large", 6))
     # Many episodes per call (caml-s only: caml-large's official scheme would take minutes per call).
     runs.append(bench("caml-s", 2 * args.per_call if args.quick else 10 * args.per_call, per_call=args.per_call))
     gap = _accuracy_gap()
