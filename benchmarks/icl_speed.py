@@ -102,6 +102,8 @@ def _time(fn, episodes, warmup: int = 2) -> float:
 
 
 def bench(preset: str, reps: int, way: int = 5, shot: int = 5, queries: int = 75, per_call: int = 1) -> dict:
+    """Time every scheme on the same random episodes. With per_call > 1, that many episodes are stacked into one
+    (B, ...) call for every scheme (an evaluation loop runs them so); times are per call, reported per episode."""
     torch.manual_seed(0)
     exact = CAML(CAMLConfig.from_name(preset)).eval()
     official = OfficialScheme(exact).eval()
@@ -109,49 +111,21 @@ def bench(preset: str, reps: int, way: int = 5, shot: int = 5, queries: int = 75
     g = torch.Generator().manual_seed(1)
     labels = torch.arange(way).repeat_interleave(shot)
     eps = [(torch.randn(way * shot, d, generator=g), labels, torch.randn(queries, d, generator=g)) for _ in range(reps + 2)]
-    if per_call > 1:
-        return _bench_batched(exact, official, eps, per_call, preset, way, shot, queries)
-    with torch.inference_mode():
-        s, lab, q = eps[0]
-        ref = official(s, lab, q)
-        ours = exact(s, lab, q).logits[0]
-        parity = float((ref[:, :way] - ours[:, :way]).abs().max())
-        timings = {
-            "official": _time(lambda s, lab, q: official(s, lab, q), eps),
-            "copied": _time(lambda s, lab, q: exact.forward_copied(s, lab, q), eps),
-            "exact": _time(lambda s, lab, q: exact(s, lab, q, attention="exact"), eps),
-            "amortized": _time(lambda s, lab, q: exact(s, lab, q, attention="amortized"), eps),
-        }
-    params = sum(p.numel() for p in exact.parameters())
-    return {
-        "preset": preset,
-        "params_millions": round(params / 1e6, 2),
-        "width": exact.cfg.width,
-        "layers": exact.cfg.num_layers,
-        "episode": f"{way}-way {shot}-shot, {queries} queries",
-        "repetitions": reps,
-        "seconds_per_episode": timings,
-        "episodes_per_second": {k: 1.0 / v for k, v in timings.items()},
-        "speedup_vs_official": {k: timings["official"] / v for k, v in timings.items()},
-        "max_abs_logit_diff_official_vs_exact": parity,
-    }
-
-
-def _bench_batched(exact: CAML, official: OfficialScheme, eps: list, per_call: int, preset: str, way: int, shot: int, queries: int) -> dict:
-    """Throughput when a caller evaluates many episodes at once (an evaluation loop does): `per_call` episodes are
-    stacked into one (B, ...) call for every scheme; times are per call, reported per episode."""
-    calls = [
-        tuple(torch.stack([e[i] for e in eps[j : j + per_call]]) for i in range(3))
-        for j in range(0, len(eps) - per_call + 1, per_call)
-    ]
+    if per_call == 1:
+        calls, run_official, warmup = eps, official, 2
+    else:
+        calls = [tuple(torch.stack([e[i] for e in eps[j : j + per_call]]) for i in range(3)) for j in range(0, len(eps) - per_call + 1, per_call)]
+        run_official, warmup = official.forward_many, 1
     with torch.inference_mode():
         s, lab, q = calls[0]
-        parity = float((official.forward_many(s, lab, q)[..., :way] - exact(s, lab, q).logits[..., :way]).abs().max())
+        ref = run_official(s, lab, q)
+        ours = exact(s, lab, q).logits.reshape(ref.shape)
+        parity = float((ref[..., :way] - ours[..., :way]).abs().max())
         timings = {
-            "official": _time(lambda s, lab, q: official.forward_many(s, lab, q), calls, warmup=1),
-            "copied": _time(lambda s, lab, q: exact.forward_copied(s, lab, q), calls, warmup=1),
-            "exact": _time(lambda s, lab, q: exact(s, lab, q, attention="exact"), calls, warmup=1),
-            "amortized": _time(lambda s, lab, q: exact(s, lab, q, attention="amortized"), calls, warmup=1),
+            "official": _time(lambda s, lab, q: run_official(s, lab, q), calls, warmup),
+            "copied": _time(lambda s, lab, q: exact.forward_copied(s, lab, q), calls, warmup),
+            "exact": _time(lambda s, lab, q: exact(s, lab, q, attention="exact"), calls, warmup),
+            "amortized": _time(lambda s, lab, q: exact(s, lab, q, attention="amortized"), calls, warmup),
         }
     timings = {k: v / per_call for k, v in timings.items()}
     params = sum(p.numel() for p in exact.parameters())
@@ -162,7 +136,7 @@ def _bench_batched(exact: CAML, official: OfficialScheme, eps: list, per_call: i
         "layers": exact.cfg.num_layers,
         "episode": f"{way}-way {shot}-shot, {queries} queries",
         "episodes_per_call": per_call,
-        "repetitions": len(calls) - 1,
+        "repetitions": len(calls) - warmup,
         "seconds_per_episode": timings,
         "episodes_per_second": {k: 1.0 / v for k, v in timings.items()},
         "speedup_vs_official": {k: timings["official"] / v for k, v in timings.items()},
